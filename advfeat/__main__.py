@@ -1,0 +1,5 @@
+import sys
+
+from advfeat.cli import main
+
+sys.exit(main())
