@@ -7,11 +7,135 @@ UserError, printed as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from advfeat import __version__
 from advfeat.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"advfeat: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _out_file(path: str, force: bool) -> Path:
+    out = Path(path)
+    if out.exists() and not force:
+        raise UserError(f"--out {out} already exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
+    return out
+
+
+def _add_data_flags(p, subset: bool = True) -> None:
+    p.add_argument("--data", help="CIFAR-10 in any supported form (default: $ADVFEAT_DATA, else download)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsets, order, augmentation, attacks")
+    if subset:
+        p.add_argument("--subset", type=_positive_int, help="train on N images (stratified by class, seeded)")
+    p.add_argument("--test-subset", type=_positive_int, help="evaluate on N test images (stratified, seeded)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> None:
+    from advfeat.pipelines import load_dataset
+    from advfeat.runtime import resolve_device
+    from advfeat.training import config_from_args, train
+
+    config = config_from_args(args, augment=not args.no_augment)
+    device = resolve_device(args.device)
+    if args.resume and args.force:
+        raise UserError("--resume and --force contradict each other; pick one")
+    dataset = load_dataset(args.data, subset=args.subset, test_subset=args.test_subset, seed=args.seed,
+                           verbose=not args.quiet)
+    card = train(config, dataset, Path(args.out), device=device, resume=args.resume, force=args.force,
+                 progress=not args.quiet)
+    metrics = card["metrics"]
+    print(f"trained {config.arch} for {card['epochs_done']} epochs: test accuracy "
+          f"{metrics.get('test_accuracy', float('nan')):.4f}, {metrics.get('images_per_s')} images/s -> {args.out}")
+
+
+def _add_train(sub) -> None:
+    from advfeat.models import model_names
+    from advfeat.pipelines import LOADERS
+    from advfeat.training import SCHEDULES, TrainConfig
+
+    d = TrainConfig.__dataclass_fields__
+    p = sub.add_parser("train", help="train a classifier (standard or adversarial)")
+    _add_data_flags(p)
+    p.add_argument("--out", required=True, help="folder for weights, card, metrics and resume state")
+    p.add_argument("--arch", default=d["arch"].default, help=f"one of {', '.join(model_names())}")
+    p.add_argument("--epochs", type=int, default=d["epochs"].default)
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
+    p.add_argument("--lr", type=float, default=d["lr"].default)
+    p.add_argument("--momentum", type=float, default=d["momentum"].default)
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"].default)
+    p.add_argument("--lr-milestones", type=int, nargs="+", help="epochs where lr drops (default: 1/3, 2/3)")
+    p.add_argument("--lr-gamma", type=float, default=d["lr_gamma"].default)
+    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--loader", choices=LOADERS, default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval-every", type=_positive_int, default=1, help="test accuracy every N epochs")
+    p.add_argument("--adv", choices=["l2", "linf"], help="adversarial training with PGD in this norm")
+    p.add_argument("--eps", type=float, default=d["eps"].default, help="adversarial training radius")
+    p.add_argument("--attack-steps", type=int, default=d["attack_steps"].default)
+    p.add_argument("--attack-step-size", type=float, default=d["attack_step_size"].default)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+    p.set_defaults(func=_train)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from advfeat.checkpoint import load_model
+    from advfeat.evaluation import clean_accuracy
+    from advfeat.io import write_json
+    from advfeat.pipelines import load_dataset, make_loader
+    from advfeat.runtime import resolve_device
+
+    out = _out_file(args.out, args.force) if args.out else None
+    device = resolve_device(args.device)
+    model, card = load_model(args.model, device)
+    data = args.data or card.get("data", {}).get("path")
+    dataset = load_dataset(data, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
+    loader = make_loader(dataset, "test", batch_size=args.batch_size, device=device)
+    result = {"model": str(args.model), "arch": card["arch"], "data": dataset.source,
+              "clean": clean_accuracy(model, loader, device, dataset.classes)}
+    if out:
+        write_json(out, result)
+    print(f"{card['arch']} on {result['clean']['n']} test images: clean accuracy {result['clean']['accuracy']:.4f}")
+    if not args.quiet:
+        print(json.dumps(result["clean"]["per_class"]))
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model on the test split")
+    _add_data_flags(p, subset=False)
+    p.add_argument("--model", required=True, help="a model folder written by `advfeat train`")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.set_defaults(func=_eval)
+
+
+# --------------------------------------------------------------------------- theory
 
 
 def _theory(args: argparse.Namespace) -> None:
@@ -31,9 +155,11 @@ def _add_theory(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="advfeat", description=__doc__.splitlines()[0])
+    parser = Parser(prog="advfeat", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"advfeat {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(sub)
+    _add_eval(sub)
     _add_theory(sub)
     return parser
 

@@ -1,0 +1,40 @@
+"""Atomic file writes: a reader (or a kill -9) never sees half a file.
+
+Everything advfeat writes goes to a temporary file in the destination folder, is flushed
+to disk, then renamed over the destination: the rename is atomic on POSIX filesystems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(dest: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success fsync it and rename it to `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(dest: Path | str, obj) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path | str) -> dict:
+    return json.loads(Path(path).read_text())

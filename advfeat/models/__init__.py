@@ -1,0 +1,37 @@
+"""Model registry keyed by name (timm-style): `create_model("resnet50")`.
+
+Each entry builds a Classifier (classifier.py) for 32x32 inputs; adding an architecture is
+one decorated function in its own module.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from advfeat.errors import UserError
+from advfeat.models.classifier import Classifier
+
+_REGISTRY: dict[str, Callable[[int], Classifier]] = {}
+
+
+def register_model(name: str):
+    def add(builder: Callable[[int], Classifier]):
+        _REGISTRY[name] = builder
+        return builder
+    return add
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int = 10) -> Classifier:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    return _REGISTRY[name](num_classes)
+
+
+# Importing the architecture modules fills the registry.
+from advfeat.models import densenet, inception, resnet, small, vgg  # noqa: E402,F401
+
+__all__ = ["Classifier", "create_model", "model_names", "register_model"]

@@ -1,0 +1,23 @@
+"""VGG-16 with batch norm for 32x32 inputs (five 2x2 pools leave 1x1x512)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from advfeat.models import register_model
+from advfeat.models.classifier import Classifier
+
+VGG16 = [64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool"]
+
+
+@register_model("vgg16")
+def vgg16(num_classes: int = 10) -> Classifier:
+    layers, cin = [], 3
+    for item in VGG16:
+        if item == "pool":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+            cin = item
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Classifier(nn.Sequential(*layers), cin, num_classes)

@@ -1,0 +1,126 @@
+"""Data: find, read, cache and subset CIFAR-10; loaders live in tensor_loader.py and dali.py.
+
+    dataset = load_dataset("../shared/data", subset=5000, seed=0)
+    dataset.train.images  # (N, 3, 32, 32) uint8, canonical labels in dataset.train.labels
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from advfeat.errors import UserError
+from advfeat.pipelines.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
+from advfeat.pipelines.cache import cache_root, load_cached
+from advfeat.pipelines.sources import PYTHON_ARCHIVE, find_reader, register_reader
+
+__all__ = [
+    "CIFAR10_CLASSES", "Dataset", "Split", "content_digest", "default_data_path", "load_dataset",
+    "make_loader", "register_reader",
+]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+def default_data_path() -> Path:
+    """$ADVFEAT_DATA, else <cache>/data holding the standard release (downloaded if absent)."""
+    if os.environ.get("ADVFEAT_DATA"):
+        return Path(os.environ["ADVFEAT_DATA"])
+    folder = cache_root() / "data"
+    if (folder / PYTHON_ARCHIVE).is_file():
+        return folder
+    try:
+        from torchvision.datasets.utils import download_url
+
+        print(f"advfeat: downloading CIFAR-10 to {folder}", file=sys.stderr)
+        download_url(CIFAR10_URL, str(folder), PYTHON_ARCHIVE, CIFAR10_MD5)
+    except Exception as err:  # no network, proxy refusal, bad checksum: all the same to the user
+        raise UserError(
+            f"no --data given and CIFAR-10 could not be downloaded ({type(err).__name__}); "
+            f"offline? pass --data PATH or set ADVFEAT_DATA"
+        ) from None
+    return folder
+
+
+def load_dataset(
+    path: str | Path | None = None,
+    *,
+    subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+    verbose: bool = False,
+) -> Dataset:
+    """Read any supported form of CIFAR-10 (decoded once, then cached) and subset it.
+
+    subset / test_subset keep that many examples of the train / test split, stratified by
+    class and chosen by `seed`.
+    """
+    for name, n in (("subset", subset), ("test subset", test_subset)):
+        if n is not None and n < 1:
+            raise UserError(f"{name} must be at least 1, got {n}")
+    path = Path(path).expanduser() if path is not None else default_data_path()
+    reader = find_reader(path)
+    start = time.perf_counter()
+    if reader.fingerprint(path) is None:
+        dataset, cached = reader.read(path), False
+        dataset.source.setdefault("digest", content_digest(dataset.train, dataset.test))
+    else:
+        dataset, cached = load_cached(path, reader)
+    dataset.source["path"] = str(path.resolve())
+    if verbose:
+        how = "from cache" if cached else "decoded"
+        print(f"advfeat: {len(dataset.train)} train / {len(dataset.test)} test images ({reader.name}, "
+              f"{how} in {time.perf_counter() - start:.1f}s)", file=sys.stderr)
+    if subset is not None:
+        dataset.train = dataset.train.stratified_subset(subset, seed)
+        dataset.source["subset"] = subset
+    if test_subset is not None:
+        dataset.test = dataset.test.stratified_subset(test_subset, seed)
+        dataset.source["test_subset"] = test_subset
+    return dataset
+
+
+LOADERS = ("auto", "tensor", "dali")
+
+
+def make_loader(
+    dataset: Dataset,
+    split: str,
+    *,
+    loader: str = "auto",
+    batch_size: int,
+    device,
+    shuffle: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+):
+    """A loader over dataset.<split>: TensorLoader (default) or DaliLoader.
+
+    "auto" picks the device-resident tensor loader: CIFAR-size data fits on any GPU and
+    needs no decoding per epoch. "dali" decodes the source files with DALI each epoch when
+    the dataset came from image files (else it feeds the decoded arrays).
+    """
+    from advfeat.pipelines.tensor_loader import TensorLoader
+
+    if loader not in LOADERS:
+        raise UserError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    part = getattr(dataset, split)
+    options = dict(batch_size=batch_size, device=device, shuffle=shuffle, augment=augment, seed=seed,
+                   drop_last=drop_last)
+    if loader in ("auto", "tensor"):
+        return TensorLoader(part, **options)
+    from advfeat.pipelines.dali import DaliLoader
+    from advfeat.pipelines.sources import ImageFolderReader
+
+    if dataset.source.get("format") == ImageFolderReader.name:
+        encoded = ImageFolderReader().encoded(Path(dataset.source["path"]))[split]
+        return DaliLoader([np.frombuffer(encoded.files[i], np.uint8) for i in part.source_index],
+                          part.labels, encoded=True, **options)
+    hwc = np.ascontiguousarray(part.images.transpose(0, 2, 3, 1))
+    return DaliLoader(list(hwc), part.labels, encoded=False, **options)

@@ -1,0 +1,65 @@
+"""Where and how compute runs: device choice, bf16 autocast, channels_last, torch.compile."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from advfeat.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> the first GPU if there is one, else the CPU; a missing GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name} asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move to the device; on CUDA use channels_last, which cuDNN's fast convolutions want."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def maybe_compile(fn, enabled: bool):
+    return torch.compile(fn) if enabled else fn
+
+
+def git_commit() -> str | None:
+    """The commit advfeat runs from, when it runs from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def cpu_threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
