@@ -1,0 +1,106 @@
+"""Benchmarks of one PGD step on a (1024, 3, 32, 32) batch.
+
+    python -m pytest bench/bench_kernels.py --benchmark-only -q
+
+Each benchmark group compares implementations of the same step (see `benchmark.group`):
+- `<op>-cuda`: fused Triton kernel vs the eager reference vs a torch.compile'd
+  reference (skipped without CUDA);
+- `<op>-cpu`: the reference vs the unfused eager step as torchattacks writes it
+  (PGDL2 / PGD), plus a torch.compile'd reference to show what fusion buys on CPU.
+"""
+
+import pytest
+import torch
+
+from advfeat.kernels import reference
+
+SHAPE = (1024, 3, 32, 32)
+EPS = {"l2_step": 0.5, "linf_step": 8 / 255}
+STEP = {"l2_step": 0.1, "linf_step": 2 / 255}
+
+
+def _inputs(device):
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(SHAPE, generator=gen)
+    x = (x0 + 0.01 * torch.randn(SHAPE, generator=gen)).clamp(0, 1)
+    grad = torch.randn(SHAPE, generator=gen)
+    return x.to(device), x0.to(device), grad.to(device)
+
+
+def _torchattacks_l2_step(x, x0, grad, step_size, eps):
+    """PGDL2's step from torchattacks, op for op."""
+    b = x.shape[0]
+    grad_norms = torch.norm(grad.view(b, -1), p=2, dim=1) + 1e-10
+    grad = grad / grad_norms.view(b, 1, 1, 1)
+    x = x + step_size * grad
+    delta = x - x0
+    delta_norms = torch.norm(delta.view(b, -1), p=2, dim=1)
+    factor = torch.min(eps / delta_norms, torch.ones_like(delta_norms))
+    return torch.clamp(x0 + delta * factor.view(-1, 1, 1, 1), min=0, max=1)
+
+
+def _torchattacks_linf_step(x, x0, grad, step_size, eps):
+    """PGD's step from torchattacks, op for op."""
+    x = x + step_size * grad.sign()
+    delta = torch.clamp(x - x0, min=-eps, max=eps)
+    return torch.clamp(x0 + delta, min=0, max=1)
+
+
+UNFUSED = {"l2_step": _torchattacks_l2_step, "linf_step": _torchattacks_linf_step}
+
+
+def _run(benchmark, op, impl_name, fn, device):
+    x, x0, grad = _inputs(device)
+    args = (x, x0, grad, STEP[op], EPS[op])
+    benchmark.group = f"{op}-{device}"
+    benchmark.extra_info.update(impl=impl_name, shape=list(SHAPE), device=device)
+    fn(*args)  # warm-up (compilation, autotuning caches)
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+        def timed():
+            fn(*args)
+            torch.cuda.synchronize()  # time the kernels, not the launch
+
+        benchmark(timed)
+    else:
+        benchmark(fn, *args)
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cpu_reference(benchmark, op):
+    _run(benchmark, op, "reference", getattr(reference, op), "cpu")
+
+
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cpu_torchattacks_unfused(benchmark, op):
+    _run(benchmark, op, "torchattacks-unfused", UNFUSED[op], "cpu")
+
+
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cpu_compiled_reference(benchmark, op):
+    _run(benchmark, op, "reference+torch.compile", torch.compile(getattr(reference, op)), "cpu")
+
+
+@cuda_only
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cuda_triton(benchmark, op):
+    from advfeat.kernels import triton_steps
+
+    kernel = getattr(triton_steps, op)
+    _run(benchmark, op, "triton", lambda x, x0, g, s, e: kernel(x, x0, g, s, None, e), "cuda")
+
+
+@cuda_only
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cuda_reference(benchmark, op):
+    _run(benchmark, op, "reference", getattr(reference, op), "cuda")
+
+
+@cuda_only
+@pytest.mark.parametrize("op", ["l2_step", "linf_step"])
+def test_cuda_compiled_reference(benchmark, op):
+    _run(benchmark, op, "reference+torch.compile", torch.compile(getattr(reference, op)), "cuda")
