@@ -248,14 +248,13 @@ class ImageFolderReader:
 
 
 def decode_images(files: list[bytes], names: list[str], where: Path) -> np.ndarray:
-    """Decode PNG/JPEG bytes to one (N, 3, H, W) uint8 array (libjpeg-turbo / libpng)."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
+    """Decode PNG/JPEG bytes to one (N, 3, H, W) uint8 array (Pillow: libjpeg-turbo, libpng)."""
+    from PIL import Image
 
     def decode(i: int) -> np.ndarray:
         try:
-            raw = torch.from_numpy(np.frombuffer(files[i], dtype=np.uint8).copy())
-            return decode_image(raw, mode=ImageReadMode.RGB).numpy()
+            with Image.open(io.BytesIO(files[i])) as im:
+                return np.asarray(im.convert("RGB")).transpose(2, 0, 1)
         except Exception as err:
             raise UserError(f"cannot decode image {where}: {names[i]} ({err})") from None
 
