@@ -105,33 +105,62 @@ def _add_train(sub) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from advfeat.checkpoint import load_model
-    from advfeat.evaluation import clean_accuracy
+    from advfeat.evaluation import AttackSpec, accuracy_report, predict_tensor, robust_accuracy, split_tensors
     from advfeat.io import write_json
-    from advfeat.pipelines import load_dataset, make_loader
+    from advfeat.pipelines import load_dataset
     from advfeat.runtime import resolve_device
+    from advfeat.training import device_name
 
     out = _out_file(args.out, args.force) if args.out else None
     device = resolve_device(args.device)
+    spec = None
+    if args.attack:
+        spec = AttackSpec(name=args.attack, steps=args.steps, step_size=args.step_size, restarts=args.restarts,
+                          random_start=args.random_start, retire=not args.no_retire, share=not args.no_share,
+                          batch_size=args.batch_size, compile=args.compile, cw_binary_steps=args.cw_binary_steps)
+        if any(not e >= 0 for e in args.eps):
+            raise UserError(f"eps must be >= 0, got {' '.join(map(str, args.eps))}")
     model, card = load_model(args.model, device)
     data = args.data or card.get("data", {}).get("path")
     dataset = load_dataset(data, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
-    loader = make_loader(dataset, "test", batch_size=args.batch_size, device=device)
-    result = {"model": str(args.model), "arch": card["arch"], "data": dataset.source,
-              "clean": clean_accuracy(model, loader, device, dataset.classes)}
+    x, y = split_tensors(dataset.test, device)
+    result = {"model": str(args.model), "arch": card["arch"], "robust_training": card.get("robust"),
+              "data": dataset.source, "device": device_name(device),
+              "clean": accuracy_report(predict_tensor(model, x).cpu(), y.cpu(), dataset.classes)}
+    print(f"{card['arch']} on {len(y)} test images: clean accuracy {result['clean']['accuracy']:.4f}")
+    if spec is not None:
+        result["attack"] = robust_accuracy(model, x, y, args.eps, spec, seed=args.seed, progress=not args.quiet)
+        for row in result["attack"]["robust"]:
+            speed = f", {row['images_per_s']:.0f} images/s, {row['image_steps_per_s']:.0f} image-steps/s" \
+                if "images_per_s" in row else ""
+            print(f"  {args.attack} eps {row['eps']}: robust accuracy {row['accuracy']:.4f}{speed}")
+        for warning in result["attack"]["warnings"]:
+            print(f"  warning: {warning}")
     if out:
         write_json(out, result)
-    print(f"{card['arch']} on {result['clean']['n']} test images: clean accuracy {result['clean']['accuracy']:.4f}")
-    if not args.quiet:
-        print(json.dumps(result["clean"]["per_class"]))
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a trained model on the test split")
+    from advfeat.evaluation import ATTACKS, AttackSpec
+
+    d = AttackSpec.__dataclass_fields__
+    p = sub.add_parser("eval", help="clean and robust accuracy of a trained model on the test split")
     _add_data_flags(p, subset=False)
     p.add_argument("--model", required=True, help="a model folder written by `advfeat train`")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.add_argument("--attack", choices=ATTACKS, help="also measure robust accuracy under this attack")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="attack radii (default 0.25 0.5 1)")
+    p.add_argument("--steps", type=_positive_int, default=d["steps"].default, help="PGD steps (CW: steps per c)")
+    p.add_argument("--step-size", type=float, help="PGD step size (default 2.5 * eps / steps)")
+    p.add_argument("--restarts", type=_positive_int, default=1)
+    p.add_argument("--random-start", choices=["none", "sphere", "ball", "radius", "box"],
+                   help="start distribution (default: none for 1 restart, else sphere (L2) / box (Linf))")
+    p.add_argument("--no-retire", action="store_true", help="keep attacking examples already misclassified")
+    p.add_argument("--no-share", action="store_true", help="attack every eps independently")
+    p.add_argument("--cw-binary-steps", type=_positive_int, default=d["cw_binary_steps"].default)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model inside the attack")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"].default)
     p.set_defaults(func=_eval)
 
 

@@ -1,25 +1,51 @@
-"""Measure models on a split: clean accuracy (overall and per class)."""
+"""Measure models on a split: clean accuracy (overall, per class) and robust accuracy.
+
+Robust accuracy at several eps shares work: clean predictions are computed once, only
+correctly classified examples are attacked, and an example broken at a smaller eps is
+broken at every larger one (the same point lies in the larger ball), so each larger eps
+attacks only the survivors. CW-L2 gives every eps from one run of minimal distances.
+"""
 
 from __future__ import annotations
 
-import torch
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
 
+import torch
+from tqdm import tqdm
+
+from advfeat.attacks import cw_l2, make_threat, pgd
+from advfeat.attacks.pgd import frozen
+from advfeat.errors import UserError
+from advfeat.pipelines.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
+
+ATTACKS = ("pgd-l2", "pgd-linf", "cw-l2")
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted labels, true labels) over a loader, in its order, on the CPU."""
-    was_training = model.training
-    model.eval()
     preds, labels = [], []
-    for x, y in loader:
-        with autocast(device):
-            logits = model(prepare_input(x, device))
-        preds.append(logits.argmax(1).cpu())
-        labels.append(y.cpu())
-    model.train(was_training)
+    with frozen(model):
+        for x, y in loader:
+            with autocast(device):
+                preds.append(model(prepare_input(x, device)).argmax(1).cpu())
+            labels.append(y.cpu())
     return torch.cat(preds), torch.cat(labels)
+
+
+@torch.no_grad()
+def predict_tensor(model, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted labels of a batch of images already on the model's device."""
+    with frozen(model):
+        out = []
+        for i in range(0, len(x), batch_size):
+            with autocast(x.device):
+                out.append(model(prepare_input(x[i:i + batch_size], x.device)).argmax(1))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -34,3 +60,146 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: tuple[st
 
 def clean_accuracy(model, loader, device, classes) -> dict:
     return accuracy_report(*predict(model, loader, device), classes)
+
+
+# --------------------------------------------------------------------------- robust accuracy
+
+
+@dataclass
+class AttackSpec:
+    """An evaluation attack. step_size None: 2.5 * eps / steps (reaches the boundary)."""
+
+    name: str = "pgd-l2"
+    steps: int = 20
+    step_size: float | None = None
+    restarts: int = 1
+    random_start: str | None = None  # None: the threat's default ("sphere" / "box") when restarts > 1
+    retire: bool = True  # stop attacking an example once it is misclassified
+    share: bool = True  # skip examples already broken at a smaller eps
+    batch_size: int = 512
+    compile: bool = False
+    cw_binary_steps: int = 9
+    cw_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise UserError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
+
+    @property
+    def norm(self) -> str:
+        return "linf" if self.name.endswith("linf") else "l2"
+
+    def step_size_for(self, eps: float) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+
+    def start(self) -> str:
+        if self.random_start is not None:
+            return self.random_start
+        return "none" if self.restarts == 1 else ("sphere" if self.norm == "l2" else "box")
+
+
+def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator) -> dict:
+    """Accuracy under two weak attacks: random noise at radius eps, and one full gradient step.
+
+    If either beats PGD, PGD is not finding the worst case: a sign of gradient masking.
+    """
+    noise = make_threat(norm, eps, "sphere" if norm == "l2" else "box").random_start(x, generator)
+    one_step = pgd(model, x, y, threat=make_threat(norm, eps, "none"), steps=1, step_size=eps, keep="last")
+    return {"noise_accuracy": float((predict_tensor(model, noise) == y).float().mean()),
+            "one_step_accuracy": float((predict_tensor(model, one_step.x_adv) == y).float().mean())}
+
+
+def masking_warnings(rows: list[dict], clean: float) -> list[str]:
+    """Signs that robust accuracy is overestimated (gradient masking or a weak attack)."""
+    warnings = []
+    for row in rows:
+        pgd_acc = row["accuracy"]
+        for weak in ("noise_accuracy", "one_step_accuracy"):
+            if weak in row and row[weak] < pgd_acc - 0.005:
+                warnings.append(f"eps {row['eps']}: {weak.replace('_accuracy', '')} attack ({row[weak]:.4f}) beats "
+                                f"the main attack ({pgd_acc:.4f}): possible gradient masking")
+        if row.get("zero_grad_fraction", 0) > 0.01:
+            warnings.append(f"eps {row['eps']}: {row['zero_grad_fraction']:.1%} of attacked examples have a zero "
+                            f"gradient: possible gradient masking")
+    for a, b in zip(rows, rows[1:]):
+        for key in ("accuracy", "one_step_accuracy", "noise_accuracy"):
+            if key in a and key in b and b[key] > a[key] + 0.005:
+                warnings.append(f"{key.replace('_', ' ')} rises from {a[key]:.4f} at eps {a['eps']} to "
+                                f"{b[key]:.4f} at eps {b['eps']}: possible gradient masking")
+    if rows and clean > 0 and rows[-1]["eps"] > 0 and rows[-1]["accuracy"] >= clean - 1e-9:
+        warnings.append(f"no example was broken even at eps {rows[-1]['eps']}: the attack may be failing")
+    return warnings
+
+
+def attack_progress_bar(total: int, eps: float, enabled: bool):
+    """A tqdm bar over finished examples showing image-steps/s; returns (callback, bar)."""
+    bar = tqdm(total=total, desc=f"attack eps={eps}", unit="img", disable=None if enabled else True, leave=False,
+               file=sys.stderr, dynamic_ncols=True)
+    start = time.perf_counter()
+
+    def update(finished: int, image_steps: int) -> None:
+        bar.n = min(finished, total)
+        bar.set_postfix(img_steps_s=f"{image_steps / (time.perf_counter() - start):.0f}", refresh=False)
+        bar.refresh()
+
+    return update, bar
+
+
+def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], spec: AttackSpec,
+                    *, seed: int = 0, progress: bool = False) -> dict:
+    """Clean and robust accuracy of `model` on (x, y) (tensors on the model's device)."""
+    if any(not e >= 0 for e in eps_list):
+        raise UserError(f"eps must be >= 0, got {eps_list}")
+    eps_list = sorted(set(eps_list))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    correct = predict_tensor(model, x, spec.batch_size) == y
+    clean = float(correct.float().mean())
+    robust = correct.clone()  # still robust at the current eps
+    rows = []
+    distances = None
+    if spec.name == "cw-l2":
+        cw = cw_l2(model, x[correct], y[correct], steps=spec.steps, binary_steps=spec.cw_binary_steps, lr=spec.cw_lr,
+                   batch_size=spec.batch_size, compile=spec.compile)
+        distances = torch.full((len(x),), math.inf, device=x.device)
+        distances[correct] = cw.distance
+    for eps in eps_list:
+        row = {"eps": eps}
+        if distances is not None:
+            robust = correct & (distances > eps)
+            row |= {"seconds": round(cw.seconds, 3), "image_steps": cw.image_steps, "attacked": int(correct.sum()),
+                    "images_per_s": round(int(correct.sum()) / max(cw.seconds, 1e-9), 1),
+                    "image_steps_per_s": round(cw.image_steps / max(cw.seconds, 1e-9), 1)}
+        else:
+            candidates = robust if spec.share else correct
+            index = torch.nonzero(candidates).flatten()
+            threat = make_threat(spec.norm, eps, spec.start())
+            update, bar = attack_progress_bar(len(index), eps, progress)
+            result = pgd(model, x[index], y[index], threat=threat, steps=spec.steps,
+                         step_size=spec.step_size_for(eps), restarts=spec.restarts, retire=spec.retire,
+                         batch_size=spec.batch_size, generator=generator, compile=spec.compile, progress=update)
+            bar.close()
+            broken = torch.zeros_like(correct)
+            broken[index] = result.success
+            robust = candidates & ~broken
+            row |= {"step_size": spec.step_size_for(eps), "attacked": len(index), "seconds": round(result.seconds, 3),
+                    "image_steps": result.image_steps,
+                    "images_per_s": round(len(index) / max(result.seconds, 1e-9), 1),
+                    "image_steps_per_s": round(result.image_steps_per_s, 1),
+                    "zero_grad_fraction": float(result.zero_grad.float().mean()) if len(index) else 0.0}
+        if eps > 0:
+            row |= weak_attack_accuracies(model, x, y, spec.norm, eps, generator)
+        row["accuracy"] = float(robust.float().mean())
+        rows.append(row)
+    if distances is not None:
+        finite = distances[correct & torch.isfinite(distances)]
+        extra = {"median_distance": float(finite.median()) if len(finite) else None}
+    else:
+        extra = {}
+    return {"clean_accuracy": clean, "n": len(y), "attack": asdict(spec) | {"norm": spec.norm}, "robust": rows,
+            "warnings": masking_warnings(rows, clean), **extra}
+
+
+def split_tensors(split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split as (x float [0,1], y) on the device."""
+    x = to_unit_float(torch.from_numpy(split.images).to(device))
+    return x, torch.from_numpy(split.labels).to(device)

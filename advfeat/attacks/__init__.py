@@ -1,0 +1,11 @@
+"""Attacks: threat models (threats.py), objectives, PGD (pgd.py) and Carlini-Wagner L2 (cw.py)."""
+
+from advfeat.attacks.cw import CWResult, cw_l2
+from advfeat.attacks.objectives import CustomObjective, MatchFeatures, Misclassify, Objective, ReachTarget
+from advfeat.attacks.pgd import AttackResult, frozen, pgd, training_attack
+from advfeat.attacks.threats import L2Threat, LinfThreat, ThreatModel, make_threat
+
+__all__ = [
+    "AttackResult", "CWResult", "CustomObjective", "L2Threat", "LinfThreat", "MatchFeatures", "Misclassify",
+    "Objective", "ReachTarget", "ThreatModel", "cw_l2", "frozen", "make_threat", "pgd", "training_attack",
+]
