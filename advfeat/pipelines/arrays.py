@@ -33,6 +33,7 @@ class Split:
                 f"split needs images (N,C,H,W) and N labels, got {self.images.shape} and {self.labels.shape}"
             )
         self.labels = self.labels.astype(np.int64, copy=False)
+        self.images = np.ascontiguousarray(self.images)  # NCHW in memory too, whatever the reader made
         if self.source_index is None:
             self.source_index = np.arange(len(self.labels))
 
