@@ -95,6 +95,8 @@ def _add_train(sub) -> None:
     p.add_argument("--eps", type=float, default=d["eps"].default, help="adversarial training radius")
     p.add_argument("--attack-steps", type=int, default=d["attack_steps"].default)
     p.add_argument("--attack-step-size", type=float, default=d["attack_step_size"].default)
+    p.add_argument("--attack-start", choices=["none", "sphere", "ball", "radius", "box"],
+                   default=d["attack_start"].default, help="random start of the training attack (default none)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
     p.set_defaults(func=_train)

@@ -56,6 +56,7 @@ class TrainConfig:
     eps: float = 0.5
     attack_steps: int = 7
     attack_step_size: float = 0.1
+    attack_start: str = "none"  # the robustness library trains without a random start
     extra: dict = field(default_factory=dict)  # free-form notes recorded in the card
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class TrainConfig:
             (self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
             (self.attack_steps >= 1, f"attack steps must be at least 1, got {self.attack_steps}"),
             (self.attack_step_size > 0, f"attack step size must be positive, got {self.attack_step_size}"),
+            (self.attack_start in ("none", "sphere", "ball", "radius", "box"),
+             f"unknown random start {self.attack_start!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,7 +105,7 @@ def model_card(config: TrainConfig, dataset: Dataset, model, history: list[dict]
     robust = None
     if config.adv:
         robust = {"norm": config.adv, "eps": config.eps, "steps": config.attack_steps,
-                  "step_size": config.attack_step_size}
+                  "step_size": config.attack_step_size, "random_start": config.attack_start}
     return {
         "kind": "model",
         "advfeat_version": __version__,

@@ -198,7 +198,7 @@ def training_attack(config, device: torch.device):
     from advfeat.attacks.threats import make_threat
     from advfeat.pipelines.tensor_loader import epoch_generator
 
-    threat = make_threat(config.adv, config.eps, config.extra.get("attack_random_start"))
+    threat = make_threat(config.adv, config.eps, config.attack_start)
 
     def perturb(model, x, y, epoch: int, batch: int) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(config.seed, epoch * 1_000_003 + batch)))
