@@ -166,6 +166,58 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_eval)
 
 
+# --------------------------------------------------------------------------- synth
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from advfeat.synthesis import SynthJob, SynthSettings, synthesize
+
+    if args.gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {args.gpus}")
+    settings = SynthSettings.preset(args.kind, steps=args.steps, step_size=args.step_size, eps=args.eps,
+                                    batch_size=args.batch_size, shard_size=args.shard_size, storage=args.storage,
+                                    seed=args.seed, subset=args.subset, retire=args.retire or None,
+                                    compile=args.compile or None)
+    job = SynthJob(settings, args.model, args.data, args.out, device=args.device, workers=args.gpus,
+                   progress=not args.quiet)
+    card = synthesize(job, force=args.force)
+    stats = card["stats"]
+    if settings.inversion:
+        quality = (f"relative feature distance {stats['initial_distance']['mean']:.3f} -> "
+                   f"{stats['final_distance']['mean']:.3f} (stored: {stats['stored_distance']['mean']:.3f})")
+    else:
+        quality = f"target success {stats['target_success']:.4f} (stored: {stats['stored_success']:.4f})"
+    print(f"synthesized D_{args.kind} of {card['n']} images in {stats['wall_seconds']:.1f}s "
+          f"({stats['images_per_s']:.1f} images/s, {stats['image_steps_per_s']:.0f} image-steps/s): {quality} "
+          f"-> {args.out}")
+
+
+def _add_synth(sub) -> None:
+    from advfeat.pipelines.synthesized import STORAGE
+    from advfeat.synthesis import KINDS
+
+    p = sub.add_parser("synth", help="synthesize D_R, D_NR, D_rand or D_det")
+    p.add_argument("--kind", required=True, choices=KINDS, help="r, nr (inversion); rand, det (targeted PGD)")
+    p.add_argument("--model", required=True, help="the model folder to synthesize with")
+    p.add_argument("--data", help="the CIFAR-10 whose training images are transformed")
+    p.add_argument("--out", required=True, help="the dataset folder (a restarted run resumes it)")
+    p.add_argument("--gpus", type=int, default=1, help="worker processes, one per GPU (CPU: gloo workers)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--steps", type=_positive_int, help="default: 1000 (r, nr), 100 (rand, det)")
+    p.add_argument("--step-size", type=float, help="default 0.1")
+    p.add_argument("--eps", type=float, help="default: none (r, nr), 0.5 (rand, det)")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--shard-size", type=_positive_int, help="images per shard file (default 2000)")
+    p.add_argument("--storage", choices=list(STORAGE), help="pixel storage (default float16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=_positive_int, help="synthesize from N training images (stratified)")
+    p.add_argument("--retire", action="store_true", help="rand/det: stop an example at its first success")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--force", action="store_true", help="replace a different run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
+
+
 # --------------------------------------------------------------------------- theory
 
 
@@ -191,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_train(sub)
     _add_eval(sub)
+    _add_synth(sub)
     _add_theory(sub)
     return parser
 

@@ -17,6 +17,11 @@ from advfeat.errors import UserError
 from advfeat.pipelines.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
 from advfeat.pipelines.cache import cache_root, load_cached
 from advfeat.pipelines.sources import PYTHON_ARCHIVE, find_reader, register_reader
+from advfeat.pipelines.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split
+
+# Train-only formats: their test split is the real one (see synthesized.py).
+register_reader(AdvfeatDatasetReader())
+register_reader(AuthorsReleaseReader())
 
 __all__ = [
     "CIFAR10_CLASSES", "Dataset", "Split", "content_digest", "default_data_path", "load_dataset",
@@ -50,6 +55,7 @@ def default_data_path() -> Path:
 def load_dataset(
     path: str | Path | None = None,
     *,
+    test_data: str | Path | None = None,
     subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
@@ -58,7 +64,8 @@ def load_dataset(
     """Read any supported form of CIFAR-10 (decoded once, then cached) and subset it.
 
     subset / test_subset keep that many examples of the train / test split, stratified by
-    class and chosen by `seed`.
+    class and chosen by `seed`. Train-only datasets (synthesized, the authors' release)
+    take their test split from `test_data`, else from the source data they record.
     """
     for name, n in (("subset", subset), ("test subset", test_subset)):
         if n is not None and n < 1:
@@ -68,9 +75,10 @@ def load_dataset(
     start = time.perf_counter()
     if reader.fingerprint(path) is None:
         dataset, cached = reader.read(path), False
-        dataset.source.setdefault("digest", content_digest(dataset.train, dataset.test))
+        dataset.source.setdefault("digest", content_digest(dataset.train))
     else:
         dataset, cached = load_cached(path, reader)
+    dataset = attach_test_split(dataset, test_data, load_dataset)
     dataset.source["path"] = str(path.resolve())
     if verbose:
         how = "from cache" if cached else "decoded"

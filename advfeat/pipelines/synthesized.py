@@ -1,0 +1,146 @@
+"""Training sets that replace CIFAR-10's: advfeat's own synthesized datasets, and the
+authors' released ones. Both hold a train split only; the test split is the real one.
+
+advfeat dataset folder (written by `advfeat synth`):
+    dataset.json              the card: kind, settings, source data digest, model card, stats
+    run.json                  the settings of the run (lets a restarted run resume)
+    shard-00000.safetensors   images (N,3,32,32) float16 or uint8, labels, orig_labels,
+    shard-00001.safetensors   source_index, and per-sample statistics; written atomically
+The authors' release (andrewilyas.com/datasets.tar): a folder with `CIFAR_ims` and
+`CIFAR_lab`, torch-saved tensors (or lists of batch tensors), images float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from advfeat.errors import UserError
+from advfeat.io import atomic_path, read_json
+from advfeat.pipelines.arrays import Dataset, Split
+
+CARD, RUN = "dataset.json", "run.json"
+SHARD_PATTERN = "shard-{:05d}.safetensors"
+STORAGE = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+
+
+def store_images(x: np.ndarray, storage: str) -> np.ndarray:
+    """[0, 1] floats -> the storage dtype (uint8 rounds to the nearest of 256 levels)."""
+    if storage == "uint8":
+        return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return x.astype(STORAGE[storage])
+
+
+def write_shard(folder: Path, shard: int, arrays: dict[str, np.ndarray]) -> Path:
+    path = folder / SHARD_PATTERN.format(shard)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+    return path
+
+
+def read_shard(path: Path) -> dict[str, np.ndarray] | None:
+    """A shard's arrays, or None if the file is missing or damaged (then it is redone)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def resolve_test_source(card_source: dict) -> Path:
+    """Where the real test split comes from: the source data recorded in the card if it is
+    still there, else $ADVFEAT_DATA."""
+    recorded = Path(card_source.get("path", ""))
+    if card_source.get("path") and recorded.exists():
+        return recorded
+    if os.environ.get("ADVFEAT_DATA"):
+        return Path(os.environ["ADVFEAT_DATA"])
+    raise UserError(f"the real test split comes from {recorded or 'the source data'}, which is not here; "
+                    f"pass --test-data PATH or set ADVFEAT_DATA")
+
+
+class AdvfeatDatasetReader:
+    """Folders written by `advfeat synth`."""
+
+    name = "advfeat-dataset"
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and (path / CARD).is_file()
+
+    def fingerprint(self, path: Path) -> None:
+        return None  # already decoded arrays: nothing to cache
+
+    def read(self, path: Path) -> Dataset:
+        try:
+            card = read_json(path / CARD)
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"{path / CARD} is not readable ({err})") from None
+        parts = []
+        for shard in range(card["shards"]):
+            arrays = read_shard(path / SHARD_PATTERN.format(shard))
+            if arrays is None:
+                raise UserError(f"{path}: shard {shard} is missing or damaged; rerun the synth command to finish it")
+            parts.append(arrays)
+        images = np.concatenate([p["images"] for p in parts])
+        train = Split(images, np.concatenate([p["labels"] for p in parts]),
+                      np.concatenate([p["source_index"] for p in parts]))
+        source = {"format": self.name, "path": str(path.resolve()), "kind": card["kind"],
+                  "digest": card["digest"], "test_from": card["source"]}
+        return Dataset(train, None, source)
+
+
+def _load_tensor_file(path: Path) -> torch.Tensor:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
+    except Exception as err:
+        raise UserError(f"cannot load {path} as a tensor file ({str(err).splitlines()[0]})") from None
+    if isinstance(obj, (list, tuple)):
+        obj = torch.cat(list(obj))
+    if not isinstance(obj, torch.Tensor):
+        raise UserError(f"{path} holds {type(obj).__name__}, not a tensor")
+    return obj
+
+
+class AuthorsReleaseReader:
+    """The authors' released D_R / D_NR / D_rand / D_det: CIFAR_ims + CIFAR_lab."""
+
+    name = "authors-release"
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and (path / "CIFAR_ims").is_file() and (path / "CIFAR_lab").is_file()
+
+    def fingerprint(self, path: Path) -> None:
+        return None
+
+    def read(self, path: Path) -> Dataset:
+        images, labels = _load_tensor_file(path / "CIFAR_ims"), _load_tensor_file(path / "CIFAR_lab")
+        if images.dim() != 4 or images.shape[1] != 3 or len(images) != len(labels):
+            raise UserError(f"{path}: expected CIFAR_ims (N,3,H,W) and N labels, got {tuple(images.shape)} and "
+                            f"{tuple(labels.shape)}")
+        if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
+            raise UserError(f"{path}: float images must lie in [0, 1]")
+        train = Split(images.numpy(), labels.long().numpy())
+        return Dataset(train, None, {"format": self.name, "path": str(path.resolve())})
+
+
+def attach_test_split(dataset: Dataset, test_data: str | Path | None, load) -> Dataset:
+    """Train-only datasets take the real test split: from test_data, else the recorded source."""
+    if dataset.test is not None:
+        return dataset
+    if test_data is not None:
+        where = Path(test_data)
+    elif "test_from" in dataset.source:
+        where = resolve_test_source(dataset.source["test_from"])
+    elif os.environ.get("ADVFEAT_DATA"):
+        where = Path(os.environ["ADVFEAT_DATA"])
+    else:
+        raise UserError(f"{dataset.source['path']} has no test split; pass --test-data PATH (real CIFAR-10)")
+    real = load(where)
+    dataset.test = real.test
+    dataset.source["test"] = {k: real.source.get(k) for k in ("format", "path", "digest")}
+    return dataset
