@@ -280,23 +280,29 @@ def run_record(job: SynthJob, dataset_source: dict, n: int) -> dict:
             "source_digest": dataset_source.get("digest"), "subset": job.settings.subset, "n": n}
 
 
-def prepare_out(job: SynthJob, record: dict, force: bool) -> bool:
-    """Create --out or accept it as a matching partial run. Returns True when resuming."""
+def check_out(job: SynthJob, record: dict, force: bool) -> bool:
+    """Is --out free, or a matching partial run (True: resume)? Raises before anything is written."""
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        previous = read_json(out / RUN) if (out / RUN).is_file() else None
-        if previous == json_roundtrip(record):
-            return True
-        if not force:
-            what = "a different synthesis run" if previous else "files that are not an advfeat synthesis run"
-            raise UserError(f"--out {out} holds {what}; use another --out, or --force to replace it")
-        for f in list(out.glob("shard-*.safetensors")) + [out / RUN, out / CARD]:
-            f.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN, record)
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    previous = read_json(out / RUN) if (out / RUN).is_file() else None
+    if previous == json_roundtrip(record):
+        return True
+    if not force:
+        what = "a different synthesis run" if previous else "files that are not an advfeat synthesis run"
+        raise UserError(f"--out {out} holds {what}; use another --out, or --force to replace it")
     return False
+
+
+def start_out(job: SynthJob, record: dict) -> None:
+    """Clear advfeat's own files of an older run (--force) and record this run."""
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in list(out.glob("shard-*.safetensors")) + [out / CARD]:
+        f.unlink(missing_ok=True)
+    write_json(out / RUN, record)
 
 
 def json_roundtrip(obj) -> dict:
@@ -311,20 +317,23 @@ def check_model_fits(model, card: dict, kind: str, dataset, device: torch.device
         raise UserError(f"model {card.get('arch')} exposes no penultimate layer; inversion needs one")
     if model.num_classes != dataset.num_classes:
         raise UserError(f"model has {model.num_classes} classes but the data has {dataset.num_classes}")
-    # A quick attack tells a robust model from a standard one (the card may not say).
+    # The card says how the model was trained; a quick attack checks it (and decides for
+    # models whose card does not say). Only non-robustness is a reliable probe result: a weak,
+    # underfit net also keeps most of its (low) accuracy under attack.
     n = min(256, len(dataset.train))
     x = to_unit_float(torch.from_numpy(dataset.train.images[:n]).to(device))
     y = torch.from_numpy(dataset.train.labels[:n]).to(device)
     probe = robust_accuracy(model, x, y, [0.25], AttackSpec(steps=10, batch_size=256))
     clean, robust = probe["clean_accuracy"], probe["robust"][0]["accuracy"]
-    looks_robust = clean > 0 and robust / clean >= 0.5
+    probe_robust = clean > 0 and robust / clean >= 0.5
+    card_robust = bool(card["robust"]) if "robust" in card else None
+    measured = f"it keeps {robust:.0%} of its {clean:.0%} accuracy under an L2 eps=0.25 attack"
     warnings = []
-    if kind == "r" and not looks_robust:
-        warnings.append(f"kind r wants a robust model, but this one keeps only {robust:.0%} of its {clean:.0%} "
-                        f"accuracy under an L2 eps=0.25 attack: the result is not D_R")
-    if kind in ("nr", "rand", "det") and looks_robust:
-        warnings.append(f"kind {kind} wants a standard model, but this one looks robust ({robust:.0%} of "
-                        f"{clean:.0%} kept at L2 eps=0.25)")
+    if kind == "r" and (card_robust is False or not probe_robust):
+        how = "was trained without adversarial training" if card_robust is False else "looks non-robust"
+        warnings.append(f"kind r wants a robust model, but this one {how} ({measured}): the result is not D_R")
+    if kind in ("nr", "rand", "det") and (card_robust or (card_robust is None and probe_robust)):
+        warnings.append(f"kind {kind} wants a standard model, but this one is robust ({measured})")
     return warnings
 
 
@@ -345,12 +354,13 @@ def synthesize(job: SynthJob, *, force: bool = False, log=None) -> dict:
         if rank == 0:
             dataset = load_dataset(job.data, subset=settings.subset, seed=settings.seed)
             model, model_card = load_model(job.model_dir, device)
-            for warning in check_model_fits(model, model_card, settings.kind, dataset, device):
-                log(f"advfeat: warning: {warning}")
             record = run_record(job, dataset.source, len(dataset.train))
-            resuming = prepare_out(job, record, force)
-            if resuming:
+            if check_out(job, record, force):
                 log(f"advfeat: resuming the synthesis in {job.out}")
+            else:
+                for warning in check_model_fits(model, model_card, settings.kind, dataset, device):
+                    log(f"advfeat: warning: {warning}")
+                start_out(job, record)
             del model
         if under_torchrun:
             dist.barrier()
