@@ -218,6 +218,44 @@ def _add_synth(sub) -> None:
     p.set_defaults(func=_synth)
 
 
+# --------------------------------------------------------------------------- reproduce
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from advfeat.presets import get_preset
+    from advfeat.reproduce import reproduce
+
+    if args.gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {args.gpus}")
+    preset = get_preset(args.preset)
+    overrides = {k: v for k, v in (("subset", args.subset), ("test_subset", args.test_subset)) if v is not None}
+    if overrides:
+        preset = dataclasses.replace(preset, **overrides)
+    report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus)
+    print(f"report: {Path(args.out) / 'report.md'} ({report['total_seconds']:.0f}s on {report['device']})")
+    for row in report["rows"]:
+        paper = "" if row["paper_clean"] is None else f" (paper {100 * row['paper_clean']:.1f})"
+        print(f"  {row['setting']:<34} clean {100 * row['clean']:5.1f}{paper}, "
+              f"robust@0.25 {100 * (row.get('robust@0.25') or 0):5.1f}")
+
+
+def _add_reproduce(sub) -> None:
+    from advfeat.presets import PRESETS
+
+    p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, report")
+    p.add_argument("--preset", choices=list(PRESETS), default="smoke",
+                   help="smoke (CPU, minutes), fast (one GPU), paper (the paper's ResNet-50 settings)")
+    p.add_argument("--data", help="CIFAR-10 in any supported form")
+    p.add_argument("--out", required=True, help="the reproduction folder (a rerun reuses finished stages)")
+    p.add_argument("--gpus", type=int, default=1, help="synthesis workers (one per GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--subset", type=_positive_int, help="override the preset's number of training images")
+    p.add_argument("--test-subset", type=_positive_int, help="override the preset's number of test images")
+    p.set_defaults(func=_reproduce)
+
+
 # --------------------------------------------------------------------------- theory
 
 
@@ -244,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_synth(sub)
+    _add_reproduce(sub)
     _add_theory(sub)
     return parser
 

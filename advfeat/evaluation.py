@@ -109,13 +109,18 @@ def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator) -> dic
             "one_step_accuracy": float((predict_tensor(model, one_step.x_adv) == y).float().mean())}
 
 
-def masking_warnings(rows: list[dict], clean: float) -> list[str]:
-    """Signs that robust accuracy is overestimated (gradient masking or a weak attack)."""
+def masking_warnings(rows: list[dict], clean: float, n: int) -> list[str]:
+    """Signs that robust accuracy is overestimated (gradient masking or a weak attack).
+
+    Differences smaller than the sampling noise of n examples (about 1/sqrt(n), two
+    standard errors at 50%) are not reported.
+    """
+    tol = max(0.005, 1 / math.sqrt(max(n, 1)))
     warnings = []
     for row in rows:
         pgd_acc = row["accuracy"]
         for weak in ("noise_accuracy", "one_step_accuracy"):
-            if weak in row and row[weak] < pgd_acc - 0.005:
+            if weak in row and row[weak] < pgd_acc - tol:
                 warnings.append(f"eps {row['eps']}: {weak.replace('_accuracy', '')} attack ({row[weak]:.4f}) beats "
                                 f"the main attack ({pgd_acc:.4f}): possible gradient masking")
         if row.get("zero_grad_fraction", 0) > 0.01:
@@ -123,7 +128,7 @@ def masking_warnings(rows: list[dict], clean: float) -> list[str]:
                             f"gradient: possible gradient masking")
     for a, b in zip(rows, rows[1:]):
         for key in ("accuracy", "one_step_accuracy", "noise_accuracy"):
-            if key in a and key in b and b[key] > a[key] + 0.005:
+            if key in a and key in b and b[key] > a[key] + tol:
                 warnings.append(f"{key.replace('_', ' ')} rises from {a[key]:.4f} at eps {a['eps']} to "
                                 f"{b[key]:.4f} at eps {b['eps']}: possible gradient masking")
     if rows and clean > 0 and rows[-1]["eps"] > 0 and rows[-1]["accuracy"] >= clean - 1e-9:
@@ -196,7 +201,7 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[floa
     else:
         extra = {}
     return {"clean_accuracy": clean, "n": len(y), "attack": asdict(spec) | {"norm": spec.norm}, "robust": rows,
-            "warnings": masking_warnings(rows, clean), **extra}
+            "warnings": masking_warnings(rows, clean, len(y)), **extra}
 
 
 def split_tensors(split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,7 +120,8 @@ def sample_plan(kind: str, labels: np.ndarray, num_classes: int, seed: int) -> d
     classes other than y; det: (y + 1) mod C. new_labels: what each result is labelled.
     """
     n = len(labels)
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    # r and nr share their stream: D_R and D_NR start each image from the same x0.
+    rng = np.random.default_rng([seed, 0 if kind in ("r", "nr") else KINDS.index(kind)])
     if kind in ("r", "nr"):
         other = rng.integers(0, n - 1, size=n)
         other += other >= np.arange(n)  # skip the image itself: uniform over the others
@@ -160,9 +161,10 @@ def relative_distance(model, z: torch.Tensor, target: torch.Tensor, batch_size: 
     return (features_of(model, z, batch_size) - target).norm(dim=1) / target.norm(dim=1).clamp(min=1e-12)
 
 
-def synthesize_shard(model, images: np.ndarray, plan: dict, index: range, settings: SynthSettings,
+def synthesize_shard(model, train: Split, plan: dict, index: range, settings: SynthSettings,
                      device: torch.device, progress=None) -> dict[str, np.ndarray]:
-    """Synthesize the examples `index` of the training images; arrays for one shard file."""
+    """Synthesize the examples `index` (positions in `train`); arrays for one shard file."""
+    images = train.images
     x = to_unit_float(torch.from_numpy(images[index.start:index.stop]).to(device))
     threat = make_threat("l2", settings.eps, "none")
     common = dict(steps=settings.steps, step_size=settings.step_size, keep=settings.keep,
@@ -183,13 +185,14 @@ def synthesize_shard(model, images: np.ndarray, plan: dict, index: range, settin
     arrays = {
         "images": stored,
         "labels": plan["new_labels"][index.start:index.stop].astype(np.int64),
-        "source_index": np.arange(index.start, index.stop, dtype=np.int64),
+        "position": np.arange(index.start, index.stop, dtype=np.int64),  # in the (subset) training split
+        "source_index": train.source_index[index.start:index.stop],  # in the full source training split
         "seconds": np.array([seconds]),
         "image_steps": np.array([result.image_steps], dtype=np.int64),
     }
     if settings.inversion:
         arrays |= {
-            "start_index": start_index.astype(np.int64),
+            "start_index": start_index.astype(np.int64),  # a position, like "position"
             "initial_distance": relative_distance(model, x0, target, settings.batch_size).cpu().numpy(),
             "final_distance": (-result.objective).cpu().numpy(),
             "stored_distance": relative_distance(model, restored, target, settings.batch_size).cpu().numpy(),
@@ -232,10 +235,10 @@ def run_worker(rank: int, world: int, job: SynthJob, local_rank: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     settings = job.settings
     model, _ = load_model(job.model_dir, device)
-    images, labels = training_arrays(job)
-    plan = sample_plan(settings.kind, labels, model.num_classes, settings.seed)
+    train = load_dataset(job.data, subset=settings.subset, seed=settings.seed).train
+    plan = sample_plan(settings.kind, train.labels, model.num_classes, settings.seed)
     out = Path(job.out)
-    ranges = shard_ranges(len(labels), settings.shard_size)
+    ranges = shard_ranges(len(train), settings.shard_size)
     mine = [s for s in range(rank, len(ranges), world) if read_shard(out / SHARD_PATTERN.format(s)) is None]
     total = sum(len(ranges[s]) for s in mine)
     bar = tqdm(total=total, desc=f"synth {settings.kind} (worker {rank})", unit="img", file=sys.stderr,
@@ -247,7 +250,7 @@ def run_worker(rank: int, world: int, job: SynthJob, local_rank: int) -> None:
             rate = (steps_before + image_steps) / (time.perf_counter() - start)
             bar.set_postfix(img_steps_s=f"{rate:.0f}", refresh=True)
 
-        arrays = synthesize_shard(model, images, plan, ranges[shard], settings, device, progress)
+        arrays = synthesize_shard(model, train, plan, ranges[shard], settings, device, progress)
         write_shard(out, shard, arrays)
         done_before += len(ranges[shard])
         steps_before += int(arrays["image_steps"][0])
@@ -264,11 +267,6 @@ def _spawned(rank: int, world: int, job: SynthJob, port: int) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def training_arrays(job: SynthJob) -> tuple[np.ndarray, np.ndarray]:
-    dataset = load_dataset(job.data, subset=job.settings.subset, seed=job.settings.seed)
-    return dataset.train.images, dataset.train.labels
 
 
 # --------------------------------------------------------------------------- the run

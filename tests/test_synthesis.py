@@ -69,7 +69,8 @@ def test_targeted_kinds(kind, standard_model, shared_data, tmp_path):
     source = load_dataset(shared_data, subset=300)
     parts = shards(out)
     labels = np.concatenate([p["labels"] for p in parts])
-    index = np.concatenate([p["source_index"] for p in parts])
+    index = np.concatenate([p["position"] for p in parts])
+    np.testing.assert_array_equal(np.concatenate([p["source_index"] for p in parts]), source.train.source_index[index])
     y = source.train.labels[index]
     if kind == "det":
         assert (labels == (y + 1) % 10).all()
@@ -96,7 +97,7 @@ def test_inversion_matches_features_and_keeps_labels(standard_model, shared_data
     parts = shards(out)
     assert parts[0]["images"].dtype == np.uint8
     source = load_dataset(shared_data, subset=100)
-    index = np.concatenate([p["source_index"] for p in parts])
+    index = np.concatenate([p["position"] for p in parts])
     np.testing.assert_array_equal(np.concatenate([p["labels"] for p in parts]), source.train.labels[index])
     starts = np.concatenate([p["start_index"] for p in parts])
     assert (starts != index).all()
@@ -150,7 +151,7 @@ def test_kill_minus_9_then_rerun_resumes_and_gives_the_same_dataset(standard_mod
     for name, mtime in before.items():  # finished shards were skipped, not redone
         assert (tmp_path / "killed" / name).stat().st_mtime_ns == mtime
     for a, b in zip(shards(tmp_path / "straight"), shards(tmp_path / "killed")):
-        for key in ("images", "labels", "source_index", "target_success"):
+        for key in ("images", "labels", "source_index", "position", "target_success"):
             np.testing.assert_array_equal(a[key], b[key])
 
 
