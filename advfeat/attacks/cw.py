@@ -105,6 +105,6 @@ def cw_l2(
                                    c_init, lr, kappa)
             xs.append(bx)
             ds.append(bd)
-    distance = torch.cat(ds)
-    return CWResult(torch.cat(xs), distance, torch.isfinite(distance), n * steps * binary_steps,
+    distance = torch.cat(ds) if ds else torch.zeros(0, device=x0.device)
+    return CWResult(torch.cat(xs) if xs else x0.clone(), distance, torch.isfinite(distance), n * steps * binary_steps,
                     time.perf_counter() - start)
