@@ -45,6 +45,9 @@ def _add_data_flags(p, subset: bool = True) -> None:
     if subset:
         p.add_argument("--subset", type=_positive_int, help="train on N images (stratified by class, seeded)")
     p.add_argument("--test-subset", type=_positive_int, help="evaluate on N test images (stratified, seeded)")
+    if subset:
+        p.add_argument("--test-data", help="where a synthesized dataset takes its real test split "
+                                           "(default: the source data recorded in it, else $ADVFEAT_DATA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -60,8 +63,8 @@ def _train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.resume and args.force:
         raise UserError("--resume and --force contradict each other; pick one")
-    dataset = load_dataset(args.data, subset=args.subset, test_subset=args.test_subset, seed=args.seed,
-                           verbose=not args.quiet)
+    dataset = load_dataset(args.data, test_data=args.test_data, subset=args.subset, test_subset=args.test_subset,
+                           seed=args.seed, verbose=not args.quiet)
     card = train(config, dataset, Path(args.out), device=device, resume=args.resume, force=args.force,
                  progress=not args.quiet)
     metrics = card["metrics"]

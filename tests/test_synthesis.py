@@ -171,6 +171,9 @@ def test_reads_the_authors_release_format(tmp_path, formats):
     code, _, err = run_cli("train", "--data", str(folder), "--arch", "tiny", "--epochs", "1", "--out",
                            str(tmp_path / "m"), "--quiet")
     assert code == 2 and "--test-data" in err
+    code, out, err = run_cli("train", "--data", str(folder), "--test-data", str(formats["python-folder"]), "--arch",
+                             "tiny", "--epochs", "1", "--out", str(tmp_path / "m"), "--quiet")
+    assert code == 0 and "test accuracy" in out, err
 
 
 def test_bad_synthesis_input(standard_model, shared_data, tmp_path):
