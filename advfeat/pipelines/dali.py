@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from advfeat.errors import UserError
-from advfeat.pipelines.tensor_loader import epoch_generator
+from advfeat.pipelines.tensor_loader import EpochLoader, epoch_generator
 
 
 def dali_available() -> bool:
@@ -42,7 +42,7 @@ class _BatchFeeder:
         return [self.items[i] for i in index], [self.labels[i:i + 1] for i in index]
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """Iterate (x float32 in [0,1] (B,C,H,W), y int64) batches, decoded/augmented by DALI.
 
     `items` are either encoded files (1-D uint8 arrays; `encoded=True`) or images as
@@ -71,17 +71,6 @@ class DaliLoader:
         self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
         self.pad, self.num_threads, self.epoch = pad, num_threads, 0
         self.scale = 255.0 if encoded or items[0].dtype == np.uint8 else 1.0
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _build(self, feeder: _BatchFeeder, pipeline_seed: int):
         from nvidia.dali import fn, pipeline_def, types

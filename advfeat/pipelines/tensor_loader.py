@@ -53,7 +53,23 @@ def random_flip(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-class TensorLoader:
+class EpochLoader:
+    """What training needs of a loader: its size in batches, and an epoch to seed from.
+    Subclasses set labels, batch_size, drop_last and epoch."""
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorLoader(EpochLoader):
     """Iterate (x float32 in [0,1] (B,C,H,W), y int64) batches of a device-resident split."""
 
     def __init__(
@@ -74,17 +90,6 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.seed, self.drop_last, self.pad = seed, drop_last, pad
         self.epoch = 0
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(order, crop offsets, flips) for this epoch, drawn on the CPU then moved."""
