@@ -7,7 +7,6 @@ UserError, printed as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

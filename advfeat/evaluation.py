@@ -194,6 +194,8 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[floa
         if eps > 0:
             row |= weak_attack_accuracies(model, x, y, spec.norm, eps, generator)
         row["accuracy"] = float(robust.float().mean())
+        # Which examples survived: lets a report intersect attacks (the worst case per example).
+        row["robust_index"] = torch.nonzero(robust).flatten().tolist()
         rows.append(row)
     if distances is not None:
         finite = distances[correct & torch.isfinite(distances)]

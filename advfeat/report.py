@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,31 @@ ROWS = [
     ("rand", "Standard training on D_rand"),
     ("det", "Standard training on D_det"),
 ]
+THEORY_FIGURES = ("gaussian_contours.png", "gaussian_alignment.png")
+
+
+def _row_at(evaluation: dict, eps: float) -> dict | None:
+    for row in evaluation.get("robust", []):
+        if abs(row["eps"] - eps) < 1e-9:
+            return row
+    return None
 
 
 def _robust_at(evaluation: dict, eps: float) -> float | None:
-    for row in evaluation.get("robust", []):
-        if abs(row["eps"] - eps) < 1e-9:
-            return row["accuracy"]
-    return None
+    row = _row_at(evaluation, eps)
+    return None if row is None else row["accuracy"]
+
+
+def _worst_case(evaluations: list[dict], eps: float, n: int) -> float | None:
+    """Robust accuracy on the first n test images when every example counts as broken if any
+    of the attacks broke it (all evaluations cover those n images, the first n of the set)."""
+    rows = [_row_at(ev, eps) for ev in evaluations]
+    if any(r is None or "robust_index" not in r for r in rows) or n == 0:
+        return None
+    survivors = set(range(n))
+    for r in rows:
+        survivors &= set(r["robust_index"])
+    return len(survivors) / n
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -44,8 +63,12 @@ def table_rows(results: dict) -> list[dict]:
         for eps in eps_list:
             row[f"robust@{eps}"] = _robust_at(ev["main"], eps)
         row["paper_robust@0.25"] = paper.get("robust@0.25")
+        # The strong attacks run on the first n test images: compare on those.
+        n = ev["strong"]["n"]
+        row["subset_robust@0.25"] = _worst_case([ev["main"]], 0.25, n)
         row["strong_robust@0.25"] = _robust_at(ev["strong"], 0.25)
         row["cw_robust@0.25"] = _robust_at(ev["cw"], 0.25)
+        row["worst_robust@0.25"] = _worst_case([ev["main"], ev["strong"], ev["cw"]], 0.25, n)
         row["warnings"] = ev["main"]["warnings"] + ev["strong"]["warnings"]
         rows.append(row)
     return rows
@@ -184,16 +207,19 @@ def render_markdown(results: dict, rows: list[dict], figures: dict[str, str]) ->
              f"{preset['test_subset'] or 'all'} test images). Model: {preset['arch']}.", ""]
     lines += [f"- {note}" for note in preset["notes"]] + [""]
     lines += ["## Accuracy on the real CIFAR-10 test set (%)", "",
-              "Robust accuracy is under L2 PGD; the paper's is at eps 0.25. 'strong' is PGD with more steps and "
-              f"restarts, 'CW' Carlini-Wagner L2, both on {preset['strong_subset']} test images.", ""]
+              "Robust accuracy is under L2 PGD; the paper's is at eps 0.25. The last four columns check the "
+              f"main attack on the first {preset['strong_subset']} test images: the main PGD on them, 'strong' PGD "
+              "with more steps and restarts, Carlini-Wagner L2, and 'worst', where an image counts as robust only "
+              "if all three failed on it. A 'worst' far below the main PGD means the main attack is too weak.", ""]
     head = ["setting", "clean", "paper", "diff"] + [f"robust eps={e}" for e in eps_list] + \
-        ["paper eps=0.25", "diff", "strong eps=0.25", "CW eps=0.25"]
+        ["paper eps=0.25", "diff", "subset PGD", "strong", "CW", "worst"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["setting"], _pct(r["clean"]), _pct(r["paper_clean"]), _diff(r["clean"], r["paper_clean"])]
         cells += [_pct(r[f"robust@{e}"]) for e in eps_list]
         cells += [_pct(r["paper_robust@0.25"]), _diff(r.get("robust@0.25"), r["paper_robust@0.25"]),
-                  _pct(r["strong_robust@0.25"]), _pct(r["cw_robust@0.25"])]
+                  _pct(r["subset_robust@0.25"]), _pct(r["strong_robust@0.25"]), _pct(r["cw_robust@0.25"]),
+                  _pct(r["worst_robust@0.25"])]
         lines.append("| " + " | ".join(cells) + " |")
     warnings = [f"- {r['setting']}: {w}" for r in rows for w in r["warnings"]]
     if warnings:
@@ -223,10 +249,7 @@ def render_markdown(results: dict, rows: list[dict], figures: dict[str, str]) ->
               "Transfer rate: the fraction of the source model's D_det images that each architecture, trained "
               "normally on D, classifies as the D_det target label.", "",
               "## Section 4: the Gaussian model", "", results["theory"]["headline"], ""]
-    for name in ("gaussian_contours.png", "gaussian_alignment.png"):
-        path = Path(results["theory"]["folder"]) / name
-        if path.is_file():
-            lines.append(f"![{name}]({figures['relative'](path)})")
+    lines += [f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]
     lines += ["", "## Timings", "", *_stage_rows(results["stages"]), "",
               f"Total wall-clock time of this run: {results['total_seconds']:.1f} s (reused stages cost nothing "
               f"now; their own seconds are those of the run that made them).", "",
@@ -244,9 +267,16 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     draw_targeted_grid(samples, paths["targeted"])
     draw_bars(rows, paths["bars"])
     draw_transfer(results["transfer"], paths["transfer"])
-    relative = lambda p: os.path.relpath(p, out)  # noqa: E731
-    figures = {k: relative(v) for k, v in paths.items()} | {"relative": relative}
-    report = {"rows": rows, **{k: v for k, v in results.items()}, "figures": {k: relative(v) for k, v in paths.items()}}
+    # The theory figures are copied beside the others: report.md and figures/ then make a
+    # self-contained folder without the (large) stages/.
+    for name in THEORY_FIGURES:
+        source = Path(results["theory"]["folder"]) / name
+        if source.is_file():
+            paths[name] = figures_dir / name
+            with atomic_path(paths[name]) as tmp:
+                shutil.copyfile(source, tmp)
+    figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
+    report = {"rows": rows, **results, "figures": figures}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_markdown(results, rows, figures))
     write_json(out / "report.json", report)

@@ -97,7 +97,8 @@ def _eval_stage(pipe: Pipeline, name: str, model_key: dict, model_dir: str, x, y
         model, _ = load_model(model_dir, device)
         return robust_accuracy(model, x, y, eps, spec)
 
-    key = {"model": model_key, "spec": asdict(spec), "eps": eps, "data": data_key, "n": len(y)}
+    # format 2: rows list the surviving examples (robust_index)
+    key = {"model": model_key, "spec": asdict(spec), "eps": eps, "data": data_key, "n": len(y), "format": 2}
     return pipe.stage(name, key, run)[1]
 
 

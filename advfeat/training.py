@@ -238,9 +238,9 @@ def train(config: TrainConfig, dataset: Dataset, out_dir: Path | str, *, device:
         save_resume_state(out_dir, model, optimizer, config, dataset, history)
         save_model(out_dir, model, model_card(config, dataset, model, history, device))
         write_json(out_dir / METRICS, {"epochs": history})
-        shown = {k: v for k, v in stats.items() if k in ("train_loss", "train_accuracy", "test_accuracy", "images_per_s")}
-        log(f"epoch {epoch + 1}/{config.epochs} " + " ".join(
-            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+        shown = {k: stats[k] for k in ("train_loss", "train_accuracy", "test_accuracy") if k in stats}
+        log(f"epoch {epoch + 1}/{config.epochs} " + " ".join(f"{k}={v:.4f}" for k, v in shown.items())
+            + f" images_per_s={stats['images_per_s']:.0f}")
     return model_card(config, dataset, model, history, device)
 
 

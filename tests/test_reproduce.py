@@ -65,8 +65,12 @@ def test_reduced_smoke_pipeline_runs_resumes_and_reports(shared_data, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     assert [r["key"] for r in report["rows"]] == [key for key, _ in ROWS]
     for row in report["rows"]:
-        for column in ("clean", "robust@0.25", "robust@0.5", "strong_robust@0.25", "cw_robust@0.25"):
+        for column in ("clean", "robust@0.25", "robust@0.5", "subset_robust@0.25", "strong_robust@0.25",
+                       "cw_robust@0.25", "worst_robust@0.25"):
             assert isinstance(row[column], float) and 0 <= row[column] <= 1, (row["key"], column)
+        # An image survives the worst case only if it survived every attack.
+        assert row["worst_robust@0.25"] <= min(row["subset_robust@0.25"], row["strong_robust@0.25"],
+                                               row["cw_robust@0.25"]) + 1e-6  # accuracies are float32 means
     text = (out / "report.md").read_text()
     for _, label in ROWS:
         line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))

@@ -24,7 +24,8 @@ class DenseLayer(nn.Module):
 
 
 def transition(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False),
+                         nn.AvgPool2d(2))
 
 
 @register_model("densenet121")
