@@ -189,8 +189,8 @@ def _synth(args: argparse.Namespace) -> None:
                    f"{stats['final_distance']['mean']:.3f} (stored: {stats['stored_distance']['mean']:.3f})")
     else:
         quality = f"target success {stats['target_success']:.4f} (stored: {stats['stored_success']:.4f})"
-    print(f"synthesized D_{args.kind} of {card['n']} images in {stats['wall_seconds']:.1f}s "
-          f"({stats['images_per_s']:.1f} images/s, {stats['image_steps_per_s']:.0f} image-steps/s): {quality} "
+    print(f"synthesized D_{args.kind} of {card['n']} images, this run {stats['wall_seconds']:.1f}s "
+          f"(attack {stats['images_per_s']:.1f} images/s, {stats['image_steps_per_s']:.0f} image-steps/s): {quality} "
           f"-> {args.out}")
 
 

@@ -385,8 +385,11 @@ def finalize(job: SynthJob, dataset, model_card: dict, world: int, wall_seconds:
     cat = {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
     stats = {"n": n, "shard_seconds": float(cat["seconds"].sum()), "image_steps": int(cat["image_steps"].sum()),
              "wall_seconds": round(wall_seconds, 2)}
-    stats["images_per_s"] = round(n / max(wall_seconds, 1e-9), 2)
-    stats["image_steps_per_s"] = round(stats["image_steps"] / max(wall_seconds, 1e-9), 1)
+    # Rates come from the shards' own attack timings, not this run's wall-clock: a resumed run
+    # then reports the speed of the work, not of the resume. Workers run side by side.
+    attack_seconds = stats["shard_seconds"] / world
+    stats["images_per_s"] = round(n / max(attack_seconds, 1e-9), 2)
+    stats["image_steps_per_s"] = round(stats["image_steps"] / max(attack_seconds, 1e-9), 1)
     if settings.inversion:
         for key in ("initial_distance", "final_distance", "stored_distance"):
             stats[key] = {"mean": float(cat[key].mean()), "median": float(np.median(cat[key])),
