@@ -97,8 +97,8 @@ def _eval_stage(pipe: Pipeline, name: str, model_key: dict, model_dir: str, x, y
         model, _ = load_model(model_dir, device)
         return robust_accuracy(model, x, y, eps, spec)
 
-    # format 2: rows list the surviving examples (robust_index)
-    key = {"model": model_key, "spec": asdict(spec), "eps": eps, "data": data_key, "n": len(y), "format": 2}
+    # format 2: rows list the surviving examples (robust_index); 3: the test split is shuffled
+    key = {"model": model_key, "spec": asdict(spec), "eps": eps, "data": data_key, "n": len(y), "format": 3}
     return pipe.stage(name, key, run)[1]
 
 
@@ -109,7 +109,8 @@ def _transfer_stage(pipe: Pipeline, arch: str, standard: dict, on_det: dict, det
 
     def run(folder: Path) -> dict:
         det = load_dataset(det_dir, test_data=None)
-        take = slice(0, min(n_images, len(det.train)))
+        # A seeded sample: the dataset is stored class by class, like the split it came from.
+        take = np.sort(np.random.default_rng(0).permutation(len(det.train))[:n_images])
         x = torch.from_numpy(det.train.images[take]).to(device)
         x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
         target = torch.from_numpy(det.train.labels[take]).to(device)
@@ -118,7 +119,7 @@ def _transfer_stage(pipe: Pipeline, arch: str, standard: dict, on_det: dict, det
         return {"arch": arch, "transfer_rate": rate, "det_test_accuracy": on_det["test_accuracy"],
                 "standard_test_accuracy": standard["test_accuracy"]}
 
-    return pipe.stage(f"transfer-{arch}", {"keys": keys, "n": n_images}, run)[1]
+    return pipe.stage(f"transfer-{arch}", {"keys": keys, "n": n_images, "sample": "seeded"}, run)[1]
 
 
 def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
@@ -167,6 +168,11 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
 
     # 4. evaluation on the real test set
     x, y = split_tensors(dataset.test, torch_device)
+    # Splits keep their source's order, which for image folders is class by class. Shuffle the
+    # test split once (seeded) so that its first n images, where the strong attacks run, mix
+    # every class.
+    order = torch.from_numpy(np.random.default_rng(preset.seed).permutation(len(y))).to(torch_device)
+    x, y = x[order], y[order]
     strong = slice(0, min(preset.strong_subset, len(y)))
     evaluations = {}
     for name, record in models.items():
