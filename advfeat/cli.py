@@ -163,7 +163,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--no-retire", action="store_true", help="keep attacking examples already misclassified")
     p.add_argument("--no-share", action="store_true", help="attack every eps independently")
     p.add_argument("--cw-binary-steps", type=_positive_int, default=d["cw_binary_steps"].default)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model inside the attack")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the model inside the attack (default: on CUDA only)")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"].default)
     p.set_defaults(func=_eval)
 
@@ -179,7 +180,7 @@ def _synth(args: argparse.Namespace) -> None:
     settings = SynthSettings.preset(args.kind, steps=args.steps, step_size=args.step_size, eps=args.eps,
                                     batch_size=args.batch_size, shard_size=args.shard_size, storage=args.storage,
                                     seed=args.seed, subset=args.subset, retire=args.retire or None,
-                                    compile=args.compile or None)
+                                    compile=args.compile)
     job = SynthJob(settings, args.model, args.data, args.out, device=args.device, workers=args.gpus,
                    progress=not args.quiet)
     card = synthesize(job, force=args.force)
@@ -214,7 +215,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", type=_positive_int, help="synthesize from N training images (stratified)")
     p.add_argument("--retire", action="store_true", help="rand/det: stop an example at its first success")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the model (default: on CUDA only)")
     p.add_argument("--force", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)

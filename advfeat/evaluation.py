@@ -77,7 +77,7 @@ class AttackSpec:
     retire: bool = True  # stop attacking an example once it is misclassified
     share: bool = True  # skip examples already broken at a smaller eps
     batch_size: int = 512
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the model; None: on CUDA only
     cw_binary_steps: int = 9
     cw_lr: float = 0.01
 

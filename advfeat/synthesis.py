@@ -70,7 +70,7 @@ class SynthSettings:
     seed: int = 0
     subset: int | None = None
     retire: bool = False  # targeted kinds: stop an example at its first success
-    compile: bool = False
+    compile: bool | None = None  # torch.compile the model; None: on CUDA only
 
     @classmethod
     def preset(cls, kind: str, **overrides) -> SynthSettings:
@@ -318,9 +318,10 @@ def check_model_fits(model, card: dict, kind: str, dataset, device: torch.device
     # The card says how the model was trained; a quick attack checks it (and decides for
     # models whose card does not say). Only non-robustness is a reliable probe result: a weak,
     # underfit net also keeps most of its (low) accuracy under attack.
-    n = min(256, len(dataset.train))
-    x = to_unit_float(torch.from_numpy(dataset.train.images[:n]).to(device))
-    y = torch.from_numpy(dataset.train.labels[:n]).to(device)
+    # Evenly spaced images: splits are often stored class by class, so the first 256 are not a sample.
+    pick = np.unique(np.linspace(0, len(dataset.train) - 1, min(256, len(dataset.train))).astype(int))
+    x = to_unit_float(torch.from_numpy(dataset.train.images[pick]).to(device))
+    y = torch.from_numpy(dataset.train.labels[pick]).to(device)
     probe = robust_accuracy(model, x, y, [0.25], AttackSpec(steps=10, batch_size=256))
     clean, robust = probe["clean_accuracy"], probe["robust"][0]["accuracy"]
     probe_robust = clean > 0 and robust / clean >= 0.5

@@ -317,3 +317,13 @@ def test_eval_cli_reports_robust_accuracy(shared_data, tmp_path):
     assert [r["eps"] for r in rows] == [0.25, 1.0]
     assert rows[0]["images_per_s"] > 0 and rows[0]["image_steps_per_s"] > 0
     assert result["attack"]["attack"]["steps"] == 5 and "robust accuracy" in out
+
+
+def test_attacks_compile_by_default_on_cuda_only(random_net):
+    from advfeat.attacks.pgd import attack_forward, compiled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the device type is read: no GPU needed
+    assert attack_forward(random_net, None, cpu) is random_net
+    assert attack_forward(random_net, None, cuda) is compiled(random_net)
+    assert attack_forward(random_net, False, cuda) is random_net
+    assert attack_forward(random_net, True, cpu) is compiled(random_net)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from advfeat.attacks.pgd import check_targets, compiled, frozen
+from advfeat.attacks.pgd import attack_forward, check_targets, frozen
 from advfeat.errors import UserError
 from advfeat.runtime import autocast, prepare_input
 
@@ -86,7 +86,7 @@ def cw_l2(
     lr: float = 0.01,
     kappa: float = 0.0,
     batch_size: int | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> CWResult:
     """CW-L2 on every example of x0; `labels` are true labels, or targets if targeted."""
     if steps < 1 or binary_steps < 1:
@@ -99,7 +99,7 @@ def cw_l2(
     width = n if batch_size is None else max(1, min(batch_size, n))
     xs, ds = [], []
     with frozen(model):
-        forward = compiled(model) if compile else model
+        forward = attack_forward(model, compile, x0.device)
         for i in range(0, n, width):
             bx, bd = _attack_batch(forward, x0[i:i + width], labels[i:i + width], targeted, steps, binary_steps,
                                    c_init, lr, kappa)

@@ -73,6 +73,12 @@ def compiled(model: torch.nn.Module):
     return _compiled[model]
 
 
+def attack_forward(model: torch.nn.Module, compile: bool | None, device: torch.device):
+    """The model as an attack calls it: compiled if asked, and by default (None) on CUDA,
+    where thousands of steps repay the compile time; eager otherwise."""
+    return compiled(model) if (device.type == "cuda" if compile is None else compile) else model
+
+
 def objective_and_gradient(forward, x: torch.Tensor, target: torch.Tensor, objective: Objective):
     """(objective [B], success [B] or None, d objective / d x) at x."""
     x = x.detach().requires_grad_(True)
@@ -119,7 +125,7 @@ def pgd(
     retire: bool = False,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AttackResult:
     """Attack every example of x0 (N, ...) in [0, 1]; `target` is per example (labels,
@@ -142,7 +148,7 @@ def pgd(
     no_success = torch.zeros(0, dtype=torch.bool, device=device)
 
     with frozen(model):
-        forward = compiled(model) if compile else model
+        forward = attack_forward(model, compile, device)
         for restart in range(restarts):
             queue = torch.arange(n, device=device) if restart == 0 else torch.nonzero(~best_success).flatten()
             taken = 0
