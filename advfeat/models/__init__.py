@@ -12,6 +12,8 @@ from advfeat.errors import UserError
 from advfeat.models.classifier import Classifier
 
 _REGISTRY: dict[str, Callable[[int], Classifier]] = {}
+# Names that once existed, with a hint for the error message.
+_RENAMED = {"inception": "'inception' was renamed 'googlenet'; the paper's Figure 3 uses 'inceptionv3'"}
 
 
 def register_model(name: str):
@@ -27,11 +29,12 @@ def model_names() -> list[str]:
 
 def create_model(name: str, num_classes: int = 10) -> Classifier:
     if name not in _REGISTRY:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+        hint = f" ({_RENAMED[name]})" if name in _RENAMED else ""
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_names())}{hint}")
     return _REGISTRY[name](num_classes)
 
 
 # Importing the architecture modules fills the registry.
-from advfeat.models import densenet, inception, resnet, small, vgg  # noqa: E402,F401
+from advfeat.models import densenet, googlenet, inceptionv3, resnet, small, vgg  # noqa: E402,F401
 
 __all__ = ["Classifier", "create_model", "model_names", "register_model"]

@@ -1,4 +1,7 @@
-"""DenseNet-121 for CIFAR: growth 32, blocks [6, 12, 24, 16], compression 0.5, 3x3 stem."""
+"""DenseNet-121 for CIFAR: growth 32, blocks [6, 12, 24, 16], compression 0.5, 3x3 stem.
+
+The final activation is the ReLU after the last BN, before global pooling (as in the library).
+"""
 
 from __future__ import annotations
 
@@ -39,5 +42,6 @@ def densenet121(num_classes: int = 10, growth: int = 32, blocks=(6, 12, 24, 16))
         if i < len(blocks) - 1:
             layers.append(transition(channels, channels // 2))
             channels //= 2
-    layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Classifier(nn.Sequential(*layers), channels, num_classes)
+    layers.append(nn.BatchNorm2d(channels))  # the trunk ends before its ReLU
+    neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(nn.Sequential(*layers), neck, channels, num_classes)

@@ -1,6 +1,8 @@
 """CIFAR ResNets as in the paper's robustness library: 3x3 stride-1 stem, no max-pool.
 
 resnet50 is the paper's model: bottleneck blocks [3, 4, 6, 3], 2048-d penultimate layer.
+The final activation is the last block's ReLU after the residual add, as in the library's
+`layer4(out, fake_relu=...)`: the trunk ends with that block's pre-activation.
 """
 
 from __future__ import annotations
@@ -8,27 +10,38 @@ from __future__ import annotations
 from torch import nn
 
 from advfeat.models import register_model
-from advfeat.models.classifier import Classifier
+from advfeat.models.classifier import Classifier, PreActivationTrunk
 
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """relu(residual(x) + shortcut(x)); the sum is exposed so the last block can stop before its ReLU."""
+
+    def pre_activation(self, x):
+        return self.residual(x) + self.shortcut(x)
+
+    def forward(self, x):
+        return self.pre_activation(x).relu()
+
+
+def make_shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    return conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+
+class BasicBlock(ResidualBlock):
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int):
         super().__init__()
         cout = width * self.expansion
         self.residual = nn.Sequential(conv_bn(cin, width, 3, stride), nn.ReLU(inplace=True), conv_bn(width, cout, 3))
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return (self.residual(x) + self.shortcut(x)).relu()
+        self.shortcut = make_shortcut(cin, cout, stride)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int):
@@ -39,29 +52,25 @@ class Bottleneck(nn.Module):
             conv_bn(width, width, 3, stride), nn.ReLU(inplace=True),
             conv_bn(width, cout, 1),
         )
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return (self.residual(x) + self.shortcut(x)).relu()
+        self.shortcut = make_shortcut(cin, cout, stride)
 
 
-def resnet_body(block, depths: list[int]) -> tuple[nn.Module, int]:
+def resnet(block, depths: list[int], num_classes: int) -> Classifier:
     layers, cin = [conv_bn(3, 64, 3), nn.ReLU(inplace=True)], 64
     for stage, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
         for i in range(depth):
             layers.append(block(cin, width, 2 if stage > 0 and i == 0 else 1))
             cin = width * block.expansion
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers), cin
+    # The library's avg_pool2d(out, 4) on the 4x4 map is this global average.
+    neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(PreActivationTrunk(*layers), neck, cin, num_classes)
 
 
 @register_model("resnet18")
 def resnet18(num_classes: int = 10) -> Classifier:
-    body, dim = resnet_body(BasicBlock, [2, 2, 2, 2])
-    return Classifier(body, dim, num_classes)
+    return resnet(BasicBlock, [2, 2, 2, 2], num_classes)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int = 10) -> Classifier:
-    body, dim = resnet_body(Bottleneck, [3, 4, 6, 3])
-    return Classifier(body, dim, num_classes)
+    return resnet(Bottleneck, [3, 4, 6, 3], num_classes)

@@ -1,7 +1,8 @@
 """Small, fast convolutional nets for CPU runs, tests and smoke reproductions.
 
-Conv-BN-ReLU stages, each ending in a 2x2 max-pool, then a global average pool. Not in the
-paper; they exist so that every path of advfeat runs end to end without a GPU.
+Conv-BN-ReLU stages, each ending in a 2x2 max-pool, then a global average pool; the final
+activation is the last conv-BN's ReLU, before the last max-pool. Not in the paper; they
+exist so that every path of advfeat runs end to end without a GPU.
 - small: widths (32, 64, 128), two convs a stage, ~0.29 M weights.
 - tiny:  widths (16, 32, 64), one conv a stage, ~0.02 M weights: for unit tests.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from advfeat.models import register_model
-from advfeat.models.classifier import Classifier
+from advfeat.models.classifier import Classifier, split_at_last_relu
 
 
 def conv_net(num_classes: int, widths: tuple[int, ...], convs_per_stage: int) -> Classifier:
@@ -21,8 +22,9 @@ def conv_net(num_classes: int, widths: tuple[int, ...], convs_per_stage: int) ->
             layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             cin = width
         layers.append(nn.MaxPool2d(2))
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Classifier(nn.Sequential(*layers), cin, num_classes)
+    trunk, last_pool = split_at_last_relu(layers)
+    neck = nn.Sequential(*last_pool, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, neck, cin, num_classes)
 
 
 @register_model("small")

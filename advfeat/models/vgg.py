@@ -1,11 +1,15 @@
-"""VGG-16 with batch norm for 32x32 inputs (five 2x2 pools leave 1x1x512)."""
+"""VGG-16 with batch norm for 32x32 inputs (five 2x2 pools leave 1x1x512).
+
+The final activation is the last conv-BN's ReLU, before the last max-pool (the two commute
+in the forward pass); the library offers no fake_relu for VGG, advfeat does.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from advfeat.models import register_model
-from advfeat.models.classifier import Classifier
+from advfeat.models.classifier import Classifier, split_at_last_relu
 
 VGG16 = [64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool"]
 
@@ -19,5 +23,6 @@ def vgg16(num_classes: int = 10) -> Classifier:
         else:
             layers += [nn.Conv2d(cin, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
             cin = item
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return Classifier(nn.Sequential(*layers), cin, num_classes)
+    trunk, last_pool = split_at_last_relu(layers)
+    neck = nn.Sequential(*last_pool, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(trunk, neck, cin, num_classes)
