@@ -15,6 +15,7 @@ import numpy as np
 
 from advfeat.errors import UserError
 from advfeat.pipelines.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
+from advfeat.pipelines.augment import AUGMENTATIONS, augmentation_name
 from advfeat.pipelines.cache import cache_root, load_cached
 from advfeat.pipelines.sources import PYTHON_ARCHIVE, find_reader, register_reader
 from advfeat.pipelines.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split
@@ -24,7 +25,7 @@ register_reader(AdvfeatDatasetReader())
 register_reader(AuthorsReleaseReader())
 
 __all__ = [
-    "CIFAR10_CLASSES", "Dataset", "Split", "content_digest", "default_data_path", "load_dataset",
+    "AUGMENTATIONS", "CIFAR10_CLASSES", "Dataset", "Split", "content_digest", "default_data_path", "load_dataset",
     "make_loader", "register_reader",
 ]
 
@@ -104,11 +105,15 @@ def make_loader(
     batch_size: int,
     device,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: str | bool = False,
     seed: int = 0,
     drop_last: bool = False,
 ):
     """A loader over dataset.<split>: TensorLoader (default) or DaliLoader.
+
+    `augment` names a policy of AUGMENTATIONS: "none", "crop-flip" (random crop from a
+    4-pixel zero pad and horizontal flip) or "library" (the robustness library's: crop,
+    flip, colour jitter, 2-degree rotation); True and False mean "crop-flip" and "none".
 
     "auto" picks the device-resident tensor loader: CIFAR-size data fits on any GPU and
     needs no decoding per epoch. "dali" decodes the source files with DALI each epoch when
@@ -118,6 +123,7 @@ def make_loader(
 
     if loader not in LOADERS:
         raise UserError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
+    augment = augmentation_name(augment)  # the same error for a bad name whichever loader
     part = getattr(dataset, split)
     options = dict(batch_size=batch_size, device=device, shuffle=shuffle, augment=augment, seed=seed,
                    drop_last=drop_last)

@@ -3,10 +3,15 @@
 For image-folder and archive datasets the encoded JPEG/PNG bytes are held in host memory
 (CIFAR-10 is under 20 MB encoded) and fed to DALI, which decodes them on the GPU
 (nvJPEG, device "mixed") when there is one; raw-array datasets skip the decoder.
-Augmentation matches TensorLoader's: a random crop of the 4-pixel zero-padded image and a
-random horizontal flip. The batch order comes from the same (seed, epoch) permutation as
-TensorLoader's, and each epoch builds its pipeline with a seed drawn from (seed, epoch), so
-a resumed run sees the same batches. DALI is optional: `pip install advfeat[dali]`.
+Augmentation takes the same policies as TensorLoader's (augment.AUGMENTATIONS): DALI does
+the random crop of the 4-pixel zero-padded image and the random horizontal flip, and for
+"library" the colour jitter and rotation run on each output batch with augment.py's torch ops.
+
+The batch order comes from the same (seed, epoch) permutation as TensorLoader's, and the
+jitter and rotation parameters from the same (seed, epoch) generator (drawn after the
+order and the pipeline seed), so a resumed run sees the same batches. DALI draws its own
+crops and flips from a pipeline seed drawn from (seed, epoch): they are seeded, but they
+are not the crops and flips TensorLoader draws. DALI is optional: `pip install advfeat[dali]`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from advfeat.errors import UserError
+from advfeat.pipelines.augment import CROP_PAD, POLICIES, augmentation_name, draw_jitter_rotation, jitter_then_rotate
 from advfeat.pipelines.tensor_loader import EpochLoader, epoch_generator
 
 
@@ -46,7 +52,8 @@ class DaliLoader(EpochLoader):
     """Iterate (x float32 in [0,1] (B,C,H,W), y int64) batches, decoded/augmented by DALI.
 
     `items` are either encoded files (1-D uint8 arrays; `encoded=True`) or images as
-    (H, W, C) arrays, uint8 in [0,255] or float in [0,1].
+    (H, W, C) arrays, uint8 in [0,255] or float in [0,1]. `augment` names a policy of
+    augment.AUGMENTATIONS; True and False mean "crop-flip" and "none".
     """
 
     def __init__(
@@ -58,17 +65,19 @@ class DaliLoader(EpochLoader):
         batch_size: int,
         device: torch.device | str = "cpu",
         shuffle: bool = False,
-        augment: bool = False,
+        augment: str | bool = False,
         seed: int = 0,
         drop_last: bool = False,
-        pad: int = 4,
+        pad: int = CROP_PAD,
         num_threads: int = 2,
     ):
+        self.augment = augmentation_name(augment)
+        self.policy = POLICIES[self.augment]
         if not dali_available():
             raise UserError("--loader dali needs NVIDIA DALI: pip install 'advfeat[dali]'")
         self.items, self.labels = items, np.asarray(labels, dtype=np.int64)
         self.encoded, self.batch_size, self.device = encoded, batch_size, torch.device(device)
-        self.shuffle, self.augment, self.seed, self.drop_last = shuffle, augment, seed, drop_last
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.pad, self.num_threads, self.epoch = pad, num_threads, 0
         self.scale = 255.0 if encoded or items[0].dtype == np.uint8 else 1.0
 
@@ -87,7 +96,7 @@ class DaliLoader(EpochLoader):
             else:
                 images = data.gpu() if on_gpu else data
             mirror = 0
-            if self.augment:
+            if self.policy.crop_flip:
                 # Random crop of the zero-padded image = a window starting in [-pad, pad].
                 start = fn.random.uniform(values=list(range(-self.pad, self.pad + 1)), shape=[2], dtype=types.INT32)
                 images = fn.slice(images, start=start, rel_shape=[1.0, 1.0], axis_names="HW",
@@ -108,7 +117,15 @@ class DaliLoader(EpochLoader):
         n = self.num_examples
         order = (torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)).numpy()
         pipeline_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+        jitter_rotation = None
+        if self.policy.jitters_or_rotates:  # after the draws above, so "crop-flip" epochs stay as they were
+            jitter_rotation = draw_jitter_rotation(g, n, jitter=self.policy.jitter,
+                                                   degrees=self.policy.degrees).to(self.device)
         pipe = self._build(_BatchFeeder(self.items, self.labels, order, self.batch_size, len(self)), pipeline_seed)
+        start = 0  # position in the epoch of the batch's first example
         for batch in DALIGenericIterator(pipe, ["x", "y"], auto_reset=False):
-            x, y = batch[0]["x"], batch[0]["y"]
-            yield x.to(self.device, non_blocking=True), y.reshape(-1).to(self.device, non_blocking=True)
+            x, y = batch[0]["x"].to(self.device, non_blocking=True), batch[0]["y"]
+            if jitter_rotation is not None:
+                x = jitter_then_rotate(x, jitter_rotation[start:start + len(x)])
+            start += len(x)
+            yield x, y.reshape(-1).to(self.device, non_blocking=True)

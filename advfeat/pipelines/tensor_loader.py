@@ -1,23 +1,27 @@
 """The default loader: the whole split lives on the device as one tensor.
 
 CIFAR-10 is 184 MB as uint8, so it fits on any GPU; batches are index gathers, and the
-augmentation (random crop from a 4-pixel zero pad, horizontal flip) runs on the device.
-No worker processes, no host-to-device copies per batch (the airbench recipe).
+augmentation runs on the device: random crop from a 4-pixel zero pad and horizontal flip
+("crop-flip"), plus the robustness library's colour jitter and rotation ("library";
+augment.py). No worker processes, no host-to-device copies per batch (the airbench recipe).
 
-All randomness of an epoch (order, crop offsets, flips) is drawn up front on the CPU from
-(seed, epoch), so an epoch is the same on any device and a resumed run sees the same
-batches as an uninterrupted one.
+All randomness of an epoch (order, crop offsets, flips, jitter and rotation parameters) is
+drawn up front on the CPU from (seed, epoch), so an epoch is the same on any device and a
+resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from advfeat.pipelines.arrays import Split
+from advfeat.pipelines.augment import (
+    CROP_PAD, POLICIES, JitterRotation, augmentation_name, draw_jitter_rotation, jitter_then_rotate,
+)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -69,8 +73,21 @@ class EpochLoader:
         self.epoch = epoch
 
 
+class EpochPlan(NamedTuple):
+    """All the random choices of an epoch, on the loader's device; None where the policy skips a step."""
+
+    order: torch.Tensor
+    offsets: torch.Tensor | None
+    flips: torch.Tensor | None
+    jitter_rotation: JitterRotation | None
+
+
 class TensorLoader(EpochLoader):
-    """Iterate (x float32 in [0,1] (B,C,H,W), y int64) batches of a device-resident split."""
+    """Iterate (x float32 in [0,1] (B,C,H,W), y int64) batches of a device-resident split.
+
+    `augment` names a policy of augment.AUGMENTATIONS ("none", "crop-flip", "library");
+    True and False mean "crop-flip" and "none".
+    """
 
     def __init__(
         self,
@@ -79,35 +96,44 @@ class TensorLoader(EpochLoader):
         batch_size: int,
         device: torch.device | str = "cpu",
         shuffle: bool = False,
-        augment: bool = False,
+        augment: str | bool = False,
         seed: int = 0,
         drop_last: bool = False,
-        pad: int = 4,
+        pad: int = CROP_PAD,
     ):
+        self.augment = augmentation_name(augment)
+        self.policy = POLICIES[self.augment]
         self.device = torch.device(device)
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
         self.labels = torch.from_numpy(split.labels).to(self.device)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.shuffle = batch_size, shuffle
         self.seed, self.drop_last, self.pad = seed, drop_last, pad
         self.epoch = 0
 
-    def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(order, crop offsets, flips) for this epoch, drawn on the CPU then moved."""
+    def _epoch_plan(self) -> EpochPlan:
+        """This epoch's random choices, drawn on the CPU then moved."""
         n = self.num_examples
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        offsets = flips = None
-        if self.augment:
+        offsets = flips = jitter_rotation = None
+        if self.policy.crop_flip:
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(self.device)
             flips = torch.randint(0, 2, (n,), generator=g).bool().to(self.device)
-        return order.to(self.device), offsets, flips
+        if self.policy.jitters_or_rotates:
+            # Drawn after the crop/flip draws, so "crop-flip" epochs stay what they were before.
+            jitter_rotation = draw_jitter_rotation(g, n, jitter=self.policy.jitter,
+                                                   degrees=self.policy.degrees).to(self.device)
+        return EpochPlan(order.to(self.device), offsets, flips, jitter_rotation)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, offsets, flips = self._epoch_plan()
+        plan = self._epoch_plan()
         for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            index = plan.order[i * self.batch_size:(i + 1) * self.batch_size]
+            positions = slice(i * self.batch_size, i * self.batch_size + len(index))
             images = self.images[index]
-            if self.augment:
-                positions = slice(i * self.batch_size, i * self.batch_size + len(index))
-                images = random_flip(random_crop(images, offsets[positions], self.pad), flips[positions])
-            yield to_unit_float(images), self.labels[index]
+            if plan.offsets is not None:  # before the float conversion: uint8 moves a quarter of the bytes
+                images = random_flip(random_crop(images, plan.offsets[positions], self.pad), plan.flips[positions])
+            images = to_unit_float(images)
+            if plan.jitter_rotation is not None:
+                images = jitter_then_rotate(images, plan.jitter_rotation[positions])
+            yield images, self.labels[index]
