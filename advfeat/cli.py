@@ -130,7 +130,7 @@ def _eval(args: argparse.Namespace) -> None:
     x, y = split_tensors(dataset.test, device)
     result = {"model": str(args.model), "arch": card["arch"], "robust_training": card.get("robust"),
               "data": dataset.source, "device": device_name(device),
-              "clean": accuracy_report(predict_tensor(model, x).cpu(), y.cpu(), dataset.classes)}
+              "clean": accuracy_report(predict_tensor(model, x, args.batch_size).cpu(), y.cpu(), dataset.classes)}
     print(f"{card['arch']} on {len(y)} test images: clean accuracy {result['clean']['accuracy']:.4f}")
     if spec is not None:
         result["attack"] = robust_accuracy(model, x, y, args.eps, spec, seed=args.seed, progress=not args.quiet)

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from advfeat.attacks import cw_l2, make_threat, pgd
-from advfeat.attacks.pgd import frozen
+from advfeat.attacks import cw_l2, frozen, frozen_view, make_threat, pgd
 from advfeat.errors import UserError
 from advfeat.pipelines.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
@@ -30,21 +29,23 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> tuple[torch
     """(predicted labels, true labels) over a loader, in its order, on the CPU."""
     preds, labels = [], []
     with frozen(model):
+        forward = frozen_view(model, False, device)
         for x, y in loader:
             with autocast(device):
-                preds.append(model(prepare_input(x, device)).argmax(1).cpu())
+                preds.append(forward(prepare_input(x)).argmax(1).cpu())
             labels.append(y.cpu())
     return torch.cat(preds), torch.cat(labels)
 
 
 @torch.no_grad()
-def predict_tensor(model, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted labels of a batch of images already on the model's device."""
+def predict_tensor(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted labels of images already on the model's device, batch_size at a time."""
     with frozen(model):
+        forward = frozen_view(model, False, x.device)
         out = []
         for i in range(0, len(x), batch_size):
             with autocast(x.device):
-                out.append(model(prepare_input(x[i:i + batch_size], x.device)).argmax(1))
+                out.append(forward(prepare_input(x[i:i + batch_size])).argmax(1))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
@@ -98,15 +99,16 @@ class AttackSpec:
         return "none" if self.restarts == 1 else ("sphere" if self.norm == "l2" else "box")
 
 
-def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator) -> dict:
+def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator, batch_size: int) -> dict:
     """Accuracy under two weak attacks: random noise at radius eps, and one full gradient step.
 
     If either beats PGD, PGD is not finding the worst case: a sign of gradient masking.
     """
     noise = make_threat(norm, eps, "sphere" if norm == "l2" else "box").random_start(x, generator)
-    one_step = pgd(model, x, y, threat=make_threat(norm, eps, "none"), steps=1, step_size=eps, keep="last")
-    return {"noise_accuracy": float((predict_tensor(model, noise) == y).float().mean()),
-            "one_step_accuracy": float((predict_tensor(model, one_step.x_adv) == y).float().mean())}
+    one_step = pgd(model, x, y, threat=make_threat(norm, eps, "none"), steps=1, step_size=eps, keep="last",
+                   batch_size=batch_size)
+    return {"noise_accuracy": float((predict_tensor(model, noise, batch_size) == y).float().mean()),
+            "one_step_accuracy": float((predict_tensor(model, one_step.x_adv, batch_size) == y).float().mean())}
 
 
 def masking_warnings(rows: list[dict], clean: float, n: int) -> list[str]:
@@ -192,7 +194,7 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[floa
                     "image_steps_per_s": round(result.image_steps_per_s, 1),
                     "zero_grad_fraction": float(result.zero_grad.float().mean()) if len(index) else 0.0}
         if eps > 0:
-            row |= weak_attack_accuracies(model, x, y, spec.norm, eps, generator)
+            row |= weak_attack_accuracies(model, x, y, spec.norm, eps, generator, spec.batch_size)
         row["accuracy"] = float(robust.float().mean())
         # Which examples survived: lets a report intersect attacks (the worst case per example).
         row["robust_index"] = torch.nonzero(robust).flatten().tolist()

@@ -3,13 +3,14 @@ behaviour (retirement, refill, restarts, frozen weights), masking warnings, bad 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from advfeat.attacks import MatchFeatures, ReachTarget, cw_l2, make_threat, pgd
+from advfeat.attacks import MatchFeatures, ReachTarget, cw_l2, frozen_view, make_threat, pgd
 from advfeat.errors import UserError
 from advfeat.evaluation import AttackSpec, robust_accuracy
 from advfeat.models import create_model
@@ -141,6 +142,28 @@ def trained_tiny(shared_data):
     return model.eval(), x, y
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: torchattacks .view()s it, and
+    the channels_last view returns channels_last gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class ContiguousGradient(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(_ContiguousGrad.apply(x))
+
+
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_agrees_with_torchattacks(trained_tiny, norm):
     torchattacks = pytest.importorskip("torchattacks")
@@ -148,7 +171,10 @@ def test_agrees_with_torchattacks(trained_tiny, norm):
     eps, alpha = (0.5, 0.1) if norm == "l2" else (4 / 255, 1 / 255)
     ours = pgd(model, x, y, threat=make_threat(norm, eps, "none"), steps=10, step_size=alpha, keep="last").x_adv
     cls = torchattacks.PGDL2 if norm == "l2" else torchattacks.PGD
-    theirs = cls(model, eps=eps, alpha=alpha, steps=10, random_start=False)(x, y)
+    # The same function for both: advfeat attacks the model's frozen view (batch norm folded),
+    # whose rounding differs from the model's; test_frozen_view_* checks the view itself.
+    theirs = cls(ContiguousGradient(frozen_view(model, False, x.device)), eps=eps, alpha=alpha, steps=10,
+                 random_start=False)(x, y)
     with torch.no_grad():
         acc_ours = (model(ours).argmax(1) == y).float().mean()
         acc_theirs = (model(theirs).argmax(1) == y).float().mean()
@@ -171,7 +197,8 @@ def test_retirement_and_refill_change_cost_not_results(trained_tiny):
     retired = pgd(model, x, y, threat=threat, steps=10, step_size=0.1, retire=True)
     refilled = pgd(model, x, y, threat=threat, steps=10, step_size=0.1, retire=True, batch_size=37)
     assert torch.equal(full.success, retired.success)
-    assert retired.image_steps < full.image_steps == len(x) * 11
+    # 10 gradient passes each; the last iterate is evaluated by a forward pass only.
+    assert retired.image_steps < full.image_steps == len(x) * 10
     assert (retired.steps[retired.success] < 10).any()
     assert torch.equal(refilled.success, retired.success)
     torch.testing.assert_close(refilled.x_adv, retired.x_adv, atol=1e-5, rtol=0)
@@ -320,10 +347,131 @@ def test_eval_cli_reports_robust_accuracy(shared_data, tmp_path):
 
 
 def test_attacks_compile_by_default_on_cuda_only(random_net):
-    from advfeat.attacks.pgd import attack_forward, compiled
-
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # only the device type is read: no GPU needed
-    assert attack_forward(random_net, None, cpu) is random_net
-    assert attack_forward(random_net, None, cuda) is compiled(random_net)
-    assert attack_forward(random_net, False, cuda) is random_net
-    assert attack_forward(random_net, True, cpu) is compiled(random_net)
+    eager = frozen_view(random_net, None, cpu)
+    assert not hasattr(eager, "_orig_mod") and eager is frozen_view(random_net, False, cuda)
+    compiled = frozen_view(random_net, None, cuda)
+    assert compiled._orig_mod is eager and frozen_view(random_net, True, cpu) is compiled
+
+
+# --------------------------------------------------------------------------- the frozen view and the engine
+
+
+@pytest.mark.parametrize("arch", ["tiny", "resnet18", "googlenet", "densenet121"])
+def test_frozen_view_folds_batch_norm_exactly_up_to_rounding(arch):
+    torch.manual_seed(0)
+    model = create_model(arch)
+    with torch.no_grad():  # non-trivial running statistics, so folding has something to fold
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    model.eval()
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    view = frozen_view(model, False, x.device)
+    folded = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) - \
+        sum(isinstance(m, nn.BatchNorm2d) for m in view.modules())
+    assert folded > 0 if arch != "densenet121" else folded >= 0  # DenseNet's BN precede their convs
+    for fake_relu in (False, True):
+        ours, ours_features = view(x, return_features=True, fake_relu=fake_relu)
+        theirs, theirs_features = model(x, return_features=True, fake_relu=fake_relu)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours_features, theirs_features, rtol=1e-4, atol=1e-4)
+        (g_ours,) = torch.autograd.grad(ours_features.sum(), x)
+        (g_theirs,) = torch.autograd.grad(theirs_features.sum(), x)
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-3, atol=1e-5)
+
+
+def test_frozen_view_follows_the_models_weights_and_dies_with_it():
+    import gc
+    import weakref
+
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    x = torch.rand(2, 3, 32, 32)
+    view = frozen_view(model, False, x.device)
+    with torch.no_grad():
+        before = view(x).clone()
+        model.trunk[0].weight.mul_(2.0)  # an optimizer step writes weights in place
+        model.trunk[1].running_mean.add_(0.1)
+        changed = model(x)
+        assert not torch.allclose(before, changed)
+        torch.testing.assert_close(frozen_view(model, False, x.device)(x), changed, rtol=1e-4, atol=1e-4)
+    alive = weakref.ref(model)
+    del model, view
+    gc.collect()
+    assert alive() is None, "the view must not keep its model alive"
+
+
+def test_a_draining_queue_sees_a_bounded_ladder_of_batch_sizes(trained_tiny):
+    model, x, y = trained_tiny
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
+    try:
+        result = pgd(model, x, y, threat=make_threat("l2", 0.5, "none"), steps=20, step_size=0.1, retire=True,
+                     batch_size=64)
+    finally:
+        hook.remove()
+    assert max(sizes) == 64 and set(sizes) <= {64, 32, 16, 8, 4, 2, 1}
+    assert len(set(sizes)) >= 3, "the tail of the queue should shrink the batch"
+    assert result.success.sum() > 0 and result.success.sum() < len(y)
+
+
+def test_one_host_sync_per_step_at_most(trained_tiny, monkeypatch):
+    """Syncs are counted as the engine's reads of device state (`alive`, which on a GPU is a
+    device-to-host copy) plus every op that forces one (item, nonzero, bool of a tensor)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    engine = importlib.import_module("advfeat.attacks.pgd")  # the package exports the function pgd
+
+    syncing = {"aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::item"}
+
+    class CountSyncs(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountSyncs.count += func.name().split(".")[0] in syncing
+            return func(*args, **(kwargs or {}))
+
+    reads, steps_run = [], []
+    read_alive, step = engine.read_alive, engine._step
+    monkeypatch.setattr(engine, "read_alive", lambda slots: reads.append(1) or read_alive(slots))
+    monkeypatch.setattr(engine, "_step", lambda *args: steps_run.append(1) or step(*args))
+    model, x, y = trained_tiny
+    for retire, refill_every in ((False, 1), (True, 1), (True, 4)):
+        reads.clear()
+        steps_run.clear()
+        CountSyncs.count = 0
+        with CountSyncs():
+            pgd(model, x[:100], y[:100], threat=make_threat("l2", 0.5, "none"), steps=9, step_size=0.1,
+                retire=retire, batch_size=32, refill_every=refill_every)
+        # (The check that targets are classes reads their min and max once per call, via tolist,
+        # which the mode does not see.)
+        assert CountSyncs.count == 0
+        if not retire:
+            assert not reads, "without retirement the host knows every slot's state"
+        else:
+            assert 0 < len(reads) <= -(-len(steps_run) // refill_every) + 1
+
+
+def test_compiled_attack_over_a_draining_queue_compiles_a_bounded_number_of_times():
+    """torch.compile with inductor on CPU (about 25 s): the ladder of batch widths and the
+    forward-only last pass compile a handful of graphs once; a second attack compiles none;
+    results equal eager's."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    x, y = torch.rand(150, 3, 32, 32), torch.randint(0, 10, (150,))
+    options = dict(threat=make_threat("l2", 0.5, "none"), steps=8, step_size=0.1, retire=True, batch_size=64)
+    eager = pgd(model, x, y, compile=False, **options)
+    counters.clear()
+    compiled = pgd(model, x, y, compile=True, **options)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 6, dict(counters["stats"])
+    pgd(model, x, y, compile=True, **options)
+    assert counters["stats"]["unique_graphs"] == graphs, "the second attack must reuse the graphs"
+    assert torch.equal(compiled.success, eager.success)
+    torch.testing.assert_close(compiled.x_adv, eager.x_adv, atol=1e-5, rtol=0)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from advfeat.attacks.pgd import attack_forward, check_targets, frozen
+from advfeat.attacks.forward import frozen, frozen_view
+from advfeat.attacks.pgd import check_targets
 from advfeat.errors import UserError
 from advfeat.runtime import autocast, prepare_input
 
@@ -99,7 +100,7 @@ def cw_l2(
     width = n if batch_size is None else max(1, min(batch_size, n))
     xs, ds = [], []
     with frozen(model):
-        forward = attack_forward(model, compile, x0.device)
+        forward = frozen_view(model, compile, x0.device)
         for i in range(0, n, width):
             bx, bd = _attack_batch(forward, x0[i:i + width], labels[i:i + width], targeted, steps, binary_steps,
                                    c_init, lr, kappa)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 class Objective:
     needs_features = False
+    fake_relu = False  # with needs_features: the final ReLU passes gradient where it is off
 
     def __call__(self, logits: torch.Tensor, features: torch.Tensor | None, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -44,10 +45,15 @@ class ReachTarget(Objective):
 class MatchFeatures(Objective):
     """Representation inversion: -||g(z) - g(x)||_2 / ||g(x)||_2 for target features g(x).
 
-    `target` here is the (B, feature_dim) batch of target representations.
+    `target` here is the (B, feature_dim) batch of target representations. fake_relu=True
+    (the authors' inversion code) makes the final ReLU the identity in the backward pass, so
+    features whose ReLU is off still steer the image.
     """
 
     needs_features = True
+
+    def __init__(self, fake_relu: bool = True):
+        self.fake_relu = fake_relu
 
     def __call__(self, logits, features, target):
         return -(features - target).norm(dim=1) / target.norm(dim=1).clamp(min=1e-12)

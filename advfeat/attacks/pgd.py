@@ -1,28 +1,38 @@
 """Projected gradient descent, written once against a threat model and an objective.
 
-The engine keeps a batch of B "slots" full: each slot holds one example at its own step
-count. When an example finishes (all steps done, or it succeeded and `retire` is on) its
-slot is refilled from the queue, so a 2,500-step attack never pays for solved images and
-the GPU always sees full batches.
+The engine keeps a batch of "slots" busy: each slot holds one example at its own step, and
+a slot whose example has finished (all steps done, or succeeded when `retire` is on) is
+refilled from the queue. A 2,500-step attack then never pays for solved images, and the
+model always sees full batches.
 
-Per example it keeps the best iterate seen: a successful iterate beats an unsuccessful
-one, and between equals the higher objective wins (the robustness library's `use_best`,
-made success-aware). Restarts re-attack only the examples not yet broken.
+Per example it keeps the best iterate seen: a successful one beats an unsuccessful one, and
+between equals the higher objective wins (the robustness library's `use_best`, made
+success-aware). Restarts re-attack only the examples not yet broken.
 
-The model runs in eval mode with its parameters frozen (gradients w.r.t. the input only),
-under bf16 autocast on CUDA; the perturbed images stay fp32.
+Written for accelerators and for torch.compile:
+- **Fixed shapes.** The batch keeps its width; empty slots hold a padding example whose
+  results are never read. Once the queue is empty the batch shrinks to a ladder of widths
+  (width, width/2, width/4, ...), so a draining queue compiles a bounded number of graphs.
+- **Masks, not host decisions.** Per-step bookkeeping runs on the device with masks. The
+  host knows each slot's step count by itself; only retirement (success) lives on the
+  device, and it is read back once every `refill_every` steps: at most one host-device sync
+  per step, none at all without `retire`.
+- **No wasted last backward.** When every busy slot is at its last iterate, that iterate is
+  evaluated with a forward pass only.
+The model runs through `frozen_view` (eval mode, batch norm folded, channels_last, compiled
+if asked), under bf16 autocast on CUDA; the perturbed images stay fp32.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
+from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Misclassify, Objective
 from advfeat.attacks.threats import ThreatModel
 from advfeat.errors import UserError
@@ -39,7 +49,7 @@ class AttackResult:
     success: torch.Tensor  # (N,) bool; all False when the objective knows no success
     steps: torch.Tensor  # (N,) gradient steps taken, over all restarts
     zero_grad: torch.Tensor  # (N,) bool: the gradient at the start point was exactly zero
-    image_steps: int  # forward+backward passes over single images, in total
+    image_steps: int  # rows of gradient passes (forward + backward), padding rows included
     seconds: float
 
     @property
@@ -47,50 +57,30 @@ class AttackResult:
         return self.image_steps / max(self.seconds, 1e-9)
 
 
-@contextmanager
-def frozen(model: torch.nn.Module):
-    """Eval mode, no parameter gradients; both restored afterwards."""
-    was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def compiled(model: torch.nn.Module):
-    """torch.compile(model), built once per model and reused by every attack on it."""
-    if model not in _compiled:
-        _compiled[model] = torch.compile(model)
-    return _compiled[model]
-
-
-def attack_forward(model: torch.nn.Module, compile: bool | None, device: torch.device):
-    """The model as an attack calls it: compiled if asked, and by default (None) on CUDA,
-    where thousands of steps repay the compile time; eager otherwise."""
-    return compiled(model) if (device.type == "cuda" if compile is None else compile) else model
+def _model_outputs(forward, x: torch.Tensor, objective: Objective):
+    """(logits fp32, features fp32 or None) of the model at x."""
+    with autocast(x.device):
+        if objective.needs_features:
+            flags = {"fake_relu": True} if objective.fake_relu else {}
+            logits, features = forward(prepare_input(x), return_features=True, **flags)
+            return logits.float(), features.float()
+        return forward(prepare_input(x)).float(), None
 
 
 def objective_and_gradient(forward, x: torch.Tensor, target: torch.Tensor, objective: Objective):
     """(objective [B], success [B] or None, d objective / d x) at x."""
     x = x.detach().requires_grad_(True)
-    with autocast(x.device):
-        if objective.needs_features:
-            logits, features = forward(prepare_input(x, x.device), return_features=True)
-            features = features.float()
-        else:
-            logits, features = forward(prepare_input(x, x.device)), None
-    value = objective(logits.float(), features, target)
+    logits, features = _model_outputs(forward, x, objective)
+    value = objective(logits, features, target)
     (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), objective.succeeded(logits.detach(), target), grad
+
+
+@torch.no_grad()
+def objective_only(forward, x: torch.Tensor, target: torch.Tensor, objective: Objective):
+    """(objective [B], success [B] or None) at x: a forward pass, no gradient."""
+    logits, features = _model_outputs(forward, x, objective)
+    return objective(logits, features, target), objective.succeeded(logits, target)
 
 
 def check_attack_args(steps: int, step_size: float, restarts: int, keep: str) -> None:
@@ -106,9 +96,108 @@ def check_attack_args(steps: int, step_size: float, restarts: int, keep: str) ->
 
 def check_targets(target: torch.Tensor, num_classes: int | None) -> None:
     if target.dtype == torch.long and num_classes is not None and len(target):
-        low, high = int(target.min()), int(target.max())
+        low, high = torch.stack(torch.aminmax(target)).tolist()  # one host read for both
         if low < 0 or high >= num_classes:
             raise UserError(f"targets must be classes 0..{num_classes - 1}, got values in [{low}, {high}]")
+
+
+# --------------------------------------------------------------------------- the slot batch
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-slot mask shaped to broadcast over per-slot images."""
+    return mask.view(-1, *[1] * (like.dim() - 1))
+
+
+class Results:
+    """Per example: the best iterate so far, its objective and success, steps, zero gradients.
+    Row n is a spare that padding slots point to, so writes need no masking."""
+
+    def __init__(self, x0: torch.Tensor):
+        n, device = len(x0), x0.device
+        self.x = torch.cat([x0, x0.new_zeros(1, *x0.shape[1:])])
+        self.objective = torch.full((n + 1,), -torch.inf, device=device)
+        self.success = torch.zeros(n + 1, dtype=torch.bool, device=device)
+        self.steps = torch.zeros(n + 1, dtype=torch.long, device=device)
+        self.zero_grad = torch.zeros(n + 1, dtype=torch.bool, device=device)
+
+
+class SlotBatch:
+    """The batch the model sees. Device state per slot: example index, iterate, clean image,
+    target, steps taken, alive (busy and not finished), and the best iterate so far. Host
+    state per slot: busy, and steps taken (exact for every busy slot that has not retired)."""
+
+    def __init__(self, width: int, x0p: torch.Tensor, targetp: torch.Tensor, pad: int):
+        device = x0p.device
+        self.width, self.pad = width, pad
+        self.idx = torch.full((width,), pad, dtype=torch.long, device=device)
+        self.x = x0p[self.idx].clone()
+        self.x0 = self.x.clone()
+        self.target = targetp[self.idx].clone()
+        self.t = torch.zeros(width, dtype=torch.long, device=device)
+        self.alive = torch.zeros(width, dtype=torch.bool, device=device)
+        self.best_x = self.x.clone()
+        self.best_objective = torch.full((width,), -torch.inf, device=device)
+        self.best_success = torch.zeros(width, dtype=torch.bool, device=device)
+        self.zero_grad = torch.zeros(width, dtype=torch.bool, device=device)
+        self.busy = np.zeros(width, dtype=bool)
+        self.t_host = np.zeros(width, dtype=np.int64)
+
+    def fill(self, positions: np.ndarray, examples: torch.Tensor, start: torch.Tensor, x0p, targetp,
+             results: Results) -> None:
+        """Put examples into the slots at `positions`, starting from `start`."""
+        pos = torch.as_tensor(positions, device=self.idx.device)
+        self.idx[pos] = examples
+        self.x0[pos] = x0p[examples]
+        self.x[pos] = start
+        self.target[pos] = targetp[examples]
+        self.t[pos] = 0
+        self.alive[pos] = True
+        # Comparisons start from the example's best over earlier restarts.
+        self.best_x[pos] = results.x[examples]
+        self.best_objective[pos] = results.objective[examples]
+        self.best_success[pos] = results.success[examples]
+        self.zero_grad[pos] = False
+        self.busy[positions] = True
+        self.t_host[positions] = 0
+
+    def release(self, positions: np.ndarray, results: Results) -> None:
+        """Write the slots' results back to their examples and free the slots."""
+        pos = torch.as_tensor(positions, device=self.idx.device)
+        idx = self.idx[pos]
+        results.x[idx] = self.best_x[pos]
+        results.objective[idx] = self.best_objective[pos]
+        results.success[idx] = self.best_success[pos]
+        results.steps[idx] += self.t[pos]
+        results.zero_grad[idx] |= self.zero_grad[pos]
+        self.idx[pos] = self.pad
+        self.alive[pos] = False
+        self.busy[positions] = False
+
+    def shrink(self, width: int) -> None:
+        """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
+        keep = np.flatnonzero(self.busy)
+        order = np.concatenate([keep, np.flatnonzero(~self.busy)])[:width]
+        index = torch.as_tensor(order, device=self.idx.device)
+        for name in ("idx", "x", "x0", "target", "t", "alive", "best_x", "best_objective", "best_success",
+                     "zero_grad"):
+            setattr(self, name, getattr(self, name)[index])
+        self.busy, self.t_host, self.width = self.busy[order], self.t_host[order], width
+
+
+def read_alive(slots: SlotBatch) -> np.ndarray:
+    """The device's alive flags on the host: the engine's only host-device sync in a step."""
+    return slots.alive.cpu().numpy()
+
+
+def _ladder_width(width: int, busy: int) -> int:
+    """The smallest of width, width/2, width/4, ... (rounded up) that holds `busy` slots."""
+    while width > 1 and -(-width // 2) >= busy:
+        width = -(-width // 2)
+    return width
+
+
+# --------------------------------------------------------------------------- the attack
 
 
 def pgd(
@@ -127,72 +216,114 @@ def pgd(
     generator: torch.Generator | None = None,
     compile: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    refill_every: int = 1,
 ) -> AttackResult:
     """Attack every example of x0 (N, ...) in [0, 1]; `target` is per example (labels,
     target labels or target features, as the objective wants).
 
     keep="best" returns each example's best iterate, "last" its final one. retire=True
-    stops an example at its first success. progress(examples_finished, image_steps) is
-    called as slots finish.
+    stops an example at its first success. refill_every=k reads retirements back from the
+    device (and refills their slots) every k steps. progress(examples_finished, image_steps)
+    is called as slots finish.
     """
     objective = objective or Misclassify()
     check_attack_args(steps, step_size, restarts, keep)
     check_targets(target, getattr(model, "num_classes", None))
+    if refill_every < 1:
+        raise UserError(f"refill_every must be at least 1, got {refill_every}")
     n, device = len(x0), x0.device
-    width = n if batch_size is None else max(1, min(batch_size, n))
-    best_x, best_obj = x0.clone(), torch.full((n,), -torch.inf, device=device)
-    best_success = torch.zeros(n, dtype=torch.bool, device=device)
-    steps_done = torch.zeros(n, dtype=torch.long, device=device)
-    zero_grad = torch.zeros(n, dtype=torch.bool, device=device)
-    image_steps, finished, start = 0, 0, time.perf_counter()
-    no_success = torch.zeros(0, dtype=torch.bool, device=device)
-
+    start_time = time.perf_counter()
+    results = Results(x0)
+    # The slots hold images in the model's layout (channels_last), so no step copies them.
+    x0p = prepare_input(results.x)
+    targetp = torch.cat([target, target[:1] if n else target.new_zeros(1, *target.shape[1:])])
+    state = {"image_steps": 0, "finished": 0}
     with frozen(model):
-        forward = attack_forward(model, compile, device)
+        forward = frozen_view(model, compile, device)
         for restart in range(restarts):
-            queue = torch.arange(n, device=device) if restart == 0 else torch.nonzero(~best_success).flatten()
-            taken = 0
-            idx = torch.zeros(0, dtype=torch.long, device=device)
-            x, t = x0[:0], torch.zeros(0, dtype=torch.long, device=device)
-            while True:
-                free = width - len(idx)
-                if free > 0 and taken < len(queue):  # refill the free slots
-                    new = queue[taken:taken + free]
-                    taken += len(new)
-                    idx = torch.cat([idx, new])
-                    x = torch.cat([x, threat.random_start(x0[new], generator)])
-                    t = torch.cat([t, torch.zeros(len(new), dtype=torch.long, device=device)])
-                if len(idx) == 0:
-                    break
-                value, success, grad = objective_and_gradient(forward, x, target[idx], objective)
-                success = no_success.new_zeros(len(idx)) if success is None else success
-                image_steps += len(idx)
-                if restart == 0:
-                    first = t == 0
-                    zero_grad[idx[first]] = batch_l2_norm(grad[first]) == 0
-                done = t >= steps
-                if retire:
-                    done |= success
-                # Success first, then the objective: (success, value) compared lexicographically.
-                better = (success & ~best_success[idx]) | ((success == best_success[idx]) & (value > best_obj[idx]))
-                if keep == "last":
-                    better &= done
-                if better.any():
-                    chosen = idx[better]
-                    best_x[chosen], best_obj[chosen], best_success[chosen] = x[better], value[better], success[better]
-                going = ~done
-                steps_done[idx[going]] += 1
-                if not going.all():
-                    finished += int((~going).sum())
-                    idx, x, t, grad = idx[going], x[going], t[going], grad[going]
-                    if progress is not None:
-                        progress(finished, image_steps)
-                x = threat.step(x, x0[idx], grad, step_size)
-                t = t + 1
+            queue = np.arange(n) if restart == 0 else np.flatnonzero(~results.success[:n].cpu().numpy())
+            if len(queue):
+                _run_queue(forward, queue, x0p, targetp, results, threat, objective, steps, step_size, keep,
+                           retire, n if batch_size is None else max(1, min(batch_size, n)), generator,
+                           restart == 0, refill_every, progress, state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return AttackResult(best_x, best_obj, best_success, steps_done, zero_grad, image_steps,
-                        time.perf_counter() - start)
+    return AttackResult(results.x[:n], results.objective[:n], results.success[:n], results.steps[:n],
+                        results.zero_grad[:n], state["image_steps"], time.perf_counter() - start_time)
+
+
+def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threat: ThreatModel,
+               objective: Objective, steps: int, step_size: float, keep: str, retire: bool, width: int,
+               generator, first_restart: bool, refill_every: int, progress, state: dict) -> None:
+    """One restart: attack the examples of `queue` through a slot batch until all are done."""
+    pad = len(x0p) - 1
+    slots = SlotBatch(min(width, len(queue)), x0p, targetp, pad)
+    taken, iteration = 0, 0
+    while True:
+        # Free the slots whose examples finished: by step count (the host knows), or by
+        # retiring (read back from the device every refill_every steps: the one sync).
+        finished = slots.busy & (slots.t_host > steps)
+        if retire and iteration % refill_every == 0:
+            finished |= slots.busy & ~read_alive(slots)
+        if finished.any():
+            slots.release(np.flatnonzero(finished), results)
+            state["finished"] += int(finished.sum())
+            if progress is not None:
+                progress(state["finished"], state["image_steps"])
+        free = np.flatnonzero(~slots.busy)
+        if len(free) and taken < len(queue):
+            new = queue[taken:taken + len(free)]
+            taken += len(new)
+            examples = torch.as_tensor(new, device=x0p.device)
+            slots.fill(free[:len(new)], examples, threat.random_start(x0p[examples], generator), x0p, targetp,
+                       results)
+        busy = int(slots.busy.sum())
+        if busy == 0:
+            return
+        if taken == len(queue) and _ladder_width(slots.width, busy) < slots.width:
+            slots.shrink(_ladder_width(slots.width, busy))
+        _step(forward, slots, objective, steps, step_size, keep, retire, threat, first_restart, state)
+        iteration += 1
+
+
+def _step(forward, slots: SlotBatch, objective: Objective, steps: int, step_size: float, keep: str, retire: bool,
+          threat: ThreatModel, first_restart: bool, state: dict) -> None:
+    """Evaluate every slot at its iterate, keep the best, retire, and take one PGD step."""
+    busy = slots.busy
+    last_only = bool((slots.t_host[busy] >= steps).all())
+    if last_only:  # every busy slot is at its last iterate: no gradient needed
+        value, success = objective_only(forward, slots.x, slots.target, objective)
+        grad = None
+    else:
+        value, success, grad = objective_and_gradient(forward, slots.x, slots.target, objective)
+        state["image_steps"] += slots.width
+    alive = slots.alive
+    success = alive & (success if success is not None else torch.zeros_like(alive))
+    at_end = slots.t >= steps
+    done = at_end | (success if retire else torch.zeros_like(at_end))
+    # Success first, then the objective: (success, value) compared lexicographically.
+    better = alive & ((success & ~slots.best_success)
+                      | ((success == slots.best_success) & (value > slots.best_objective)))
+    if keep == "last":
+        better &= done
+        if not retire and not (slots.t_host[busy] >= steps).any():
+            better = None  # no slot is at its last iterate: nothing to keep this step
+    if better is not None:
+        _keep_better(slots, better, value, success)
+    if first_restart and grad is not None and (slots.t_host[busy] == 0).any():
+        fresh = alive & (slots.t == 0)
+        slots.zero_grad |= fresh & (batch_l2_norm(grad) == 0)
+    slots.alive = alive & ~done
+    slots.t = slots.t + slots.alive
+    slots.t_host[busy] += 1
+    if grad is not None:
+        slots.x = threat.step(slots.x, slots.x0, grad, step_size)
+
+
+def _keep_better(slots: SlotBatch, better: torch.Tensor, value: torch.Tensor, success: torch.Tensor) -> None:
+    slots.best_x = torch.where(_rows(better, slots.x), slots.x, slots.best_x)
+    slots.best_objective = torch.where(better, value, slots.best_objective)
+    slots.best_success = torch.where(better, success, slots.best_success)
 
 
 def training_attack(config, device: torch.device):

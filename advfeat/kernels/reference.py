@@ -24,7 +24,8 @@ import torch
 
 
 def batch_l2_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.float().flatten(1).norm(dim=1)
+    # Reduce over the non-batch dims in place: flatten(1) would copy a channels_last tensor.
+    return torch.linalg.vector_norm(t.float(), dim=tuple(range(1, t.dim()))) if t.dim() > 1 else t.float().abs()
 
 
 def _per_example(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:

@@ -113,14 +113,35 @@ def _norm_kernel(t_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + row, tl.sqrt(tl.sum(acc)))
 
 
+def _layout(t: torch.Tensor):
+    """channels_last for a 4-D tensor stored so, else the plain contiguous format."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dense(t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """t with each example dense in memory, in `like`'s layout when given.
+
+    The kernels see an example as a flat run of memory, so any layout in which examples are
+    dense (contiguous, or channels_last: the attacks' layout) works, as long as x, x0 and
+    grad share it; converting only when needed saves a copy of every tensor per step.
+    """
+    layout = _layout(t if like is None else like)
+    if t.is_contiguous(memory_format=layout) and (like is None or t.stride() == like.stride()):
+        return t
+    return t.contiguous(memory_format=layout)
+
+
 def _launch(kernel, x, x0, grad, step_size, eps, eps_scalar, one_program_per_example):
-    x, x0 = x.contiguous(), x0.contiguous()
+    x = _dense(x)
+    x0 = _dense(x0, like=x)
     out = torch.empty_like(x)
     b, n = x.shape[0], math.prod(x.shape[1:])
     grid = (b,) if one_program_per_example else (b, triton.cdiv(n, BLOCK))
     wrap_triton(kernel)[grid](
         x, x0,
-        x if grad is None else grad.contiguous(),  # unread when HAS_STEP is False
+        x if grad is None else _dense(grad, like=x),  # unread when HAS_STEP is False
         x if eps is None else eps.contiguous(),  # unread when EPS_PER_EXAMPLE is False
         out, n, step_size, eps_scalar,
         HAS_STEP=grad is not None, EPS_PER_EXAMPLE=eps is not None, BLOCK=BLOCK,
@@ -156,7 +177,7 @@ def linf_project(x: torch.Tensor, x0: torch.Tensor, eps: Optional[torch.Tensor],
 
 @triton_op("advfeat::batch_l2_norm", mutates_args=())
 def batch_l2_norm(t: torch.Tensor) -> torch.Tensor:
-    t = t.contiguous()
+    t = _dense(t)
     out = torch.empty(t.shape[0], device=t.device, dtype=torch.float32)
     wrap_triton(_norm_kernel)[(t.shape[0],)](t, out, math.prod(t.shape[1:]), BLOCK=BLOCK)
     return out
