@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from advfeat import __version__
 from advfeat.errors import UserError
+from advfeat.settings import AttackSpec, SynthSettings, TrainConfig
 
 
 class Parser(argparse.ArgumentParser):
@@ -22,7 +24,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -35,6 +40,31 @@ def _out_file(path: str, force: bool) -> Path:
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'eval.json'}")
     return out
+
+
+_UNSET = object()
+
+
+def _flag_type(name: str, annotation: str):
+    """The argparse type of a settings field, from its annotation ("int | None", "float", ...)."""
+    if annotation.startswith("int"):
+        return int if name == "seed" else _positive_int
+    return float if annotation.startswith("float") else str
+
+
+def add_setting(p, cls, name: str, *, flag: str | None = None, default=_UNSET, help_extra: str = "", **kwargs):
+    """A flag for one field of a settings dataclass: its help, choices and default come from
+    the field (advfeat.settings is the one home of defaults)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    default = f.default if default is _UNSET else default
+    text = f.metadata["help"] + help_extra
+    if default is not None and kwargs.get("action") not in ("store_true", "store_false"):
+        text += f" (default: {default})"
+    if kwargs.get("action") is None and "type" not in kwargs and f.metadata["choices"] is None:
+        kwargs["type"] = _flag_type(name, str(f.type))
+    if f.metadata["choices"] is not None and kwargs.get("action") is None:
+        kwargs["choices"] = f.metadata["choices"]
+    p.add_argument(flag or "--" + name.replace("_", "-"), default=default, help=text.replace("%", "%%"), **kwargs)
 
 
 def _add_data_flags(p, subset: bool = True) -> None:
@@ -56,9 +86,9 @@ def _add_data_flags(p, subset: bool = True) -> None:
 def _train(args: argparse.Namespace) -> None:
     from advfeat.pipelines import load_dataset
     from advfeat.runtime import resolve_device
-    from advfeat.training import config_from_args, train
+    from advfeat.training import train
 
-    config = config_from_args(args, augment=not args.no_augment)
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
     device = resolve_device(args.device)
     if args.resume and args.force:
         raise UserError("--resume and --force contradict each other; pick one")
@@ -73,32 +103,19 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_train(sub) -> None:
     from advfeat.models import model_names
-    from advfeat.pipelines import LOADERS
-    from advfeat.training import SCHEDULES, TrainConfig
 
-    d = TrainConfig.__dataclass_fields__
     p = sub.add_parser("train", help="train a classifier (standard or adversarial)")
     _add_data_flags(p)
     p.add_argument("--out", required=True, help="folder for weights, card, metrics and resume state")
-    p.add_argument("--arch", default=d["arch"].default, help=f"one of {', '.join(model_names())}")
-    p.add_argument("--epochs", type=int, default=d["epochs"].default)
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--lr", type=float, default=d["lr"].default)
-    p.add_argument("--momentum", type=float, default=d["momentum"].default)
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d["schedule"].default)
-    p.add_argument("--lr-milestones", type=int, nargs="+", help="epochs where lr drops (default: 1/3, 2/3)")
-    p.add_argument("--lr-gamma", type=float, default=d["lr_gamma"].default)
-    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    p.add_argument("--loader", choices=LOADERS, default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--eval-every", type=_positive_int, default=1, help="test accuracy every N epochs")
-    p.add_argument("--adv", choices=["l2", "linf"], help="adversarial training with PGD in this norm")
-    p.add_argument("--eps", type=float, default=d["eps"].default, help="adversarial training radius")
-    p.add_argument("--attack-steps", type=int, default=d["attack_steps"].default)
-    p.add_argument("--attack-step-size", type=float, default=d["attack_step_size"].default)
-    p.add_argument("--attack-start", choices=["none", "sphere", "ball", "radius", "box"],
-                   default=d["attack_start"].default, help="random start of the training attack (default none)")
+    add_setting(p, TrainConfig, "arch", help_extra=f": {', '.join(model_names())}")
+    for name in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule"):
+        add_setting(p, TrainConfig, name)
+    add_setting(p, TrainConfig, "lr_milestones", nargs="+")
+    for name in ("lr_gamma", "augment", "loader"):
+        add_setting(p, TrainConfig, name)
+    add_setting(p, TrainConfig, "compile", action="store_true")
+    for name in ("eval_every", "adv", "eps", "attack_steps", "attack_step_size", "attack_start"):
+        add_setting(p, TrainConfig, name)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
     p.set_defaults(func=_train)
@@ -109,19 +126,19 @@ def _add_train(sub) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from advfeat.checkpoint import load_model
-    from advfeat.evaluation import AttackSpec, accuracy_report, predict_tensor, robust_accuracy, split_tensors
+    from advfeat.evaluation import accuracy_report, predict_tensor, robust_accuracy, split_tensors
     from advfeat.io import write_json
     from advfeat.pipelines import load_dataset
-    from advfeat.runtime import resolve_device
-    from advfeat.training import device_name
+    from advfeat.runtime import device_name, resolve_device
 
     out = _out_file(args.out, args.force) if args.out else None
     device = resolve_device(args.device)
     spec = None
     if args.attack:
         spec = AttackSpec(name=args.attack, steps=args.steps, step_size=args.step_size, restarts=args.restarts,
-                          random_start=args.random_start, retire=not args.no_retire, share=not args.no_share,
-                          batch_size=args.batch_size, compile=args.compile, cw_binary_steps=args.cw_binary_steps)
+                          random_start=args.random_start, retire=args.retire, share=args.share,
+                          batch_size=args.batch_size, compile=args.compile, cw_binary_steps=args.cw_binary_steps,
+                          cw_lr=args.cw_lr)
         if any(not e >= 0 for e in args.eps):
             raise UserError(f"eps must be >= 0, got {' '.join(map(str, args.eps))}")
     model, card = load_model(args.model, device)
@@ -145,27 +162,21 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _add_eval(sub) -> None:
-    from advfeat.evaluation import ATTACKS, AttackSpec
-
-    d = AttackSpec.__dataclass_fields__
     p = sub.add_parser("eval", help="clean and robust accuracy of a trained model on the test split")
     _add_data_flags(p, subset=False)
     p.add_argument("--model", required=True, help="a model folder written by `advfeat train`")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--attack", choices=ATTACKS, help="also measure robust accuracy under this attack")
+    add_setting(p, AttackSpec, "name", flag="--attack", default=None,
+                help_extra="; also measure robust accuracy under it")
     p.add_argument("--eps", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="attack radii (default 0.25 0.5 1)")
-    p.add_argument("--steps", type=_positive_int, default=d["steps"].default, help="PGD steps (CW: steps per c)")
-    p.add_argument("--step-size", type=float, help="PGD step size (default 2.5 * eps / steps)")
-    p.add_argument("--restarts", type=_positive_int, default=1)
-    p.add_argument("--random-start", choices=["none", "sphere", "ball", "radius", "box"],
-                   help="start distribution (default: none for 1 restart, else sphere (L2) / box (Linf))")
-    p.add_argument("--no-retire", action="store_true", help="keep attacking examples already misclassified")
-    p.add_argument("--no-share", action="store_true", help="attack every eps independently")
-    p.add_argument("--cw-binary-steps", type=_positive_int, default=d["cw_binary_steps"].default)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the model inside the attack (default: on CUDA only)")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"].default)
+    for name in ("steps", "step_size", "restarts", "random_start"):
+        add_setting(p, AttackSpec, name)
+    add_setting(p, AttackSpec, "retire", action=argparse.BooleanOptionalAction)
+    add_setting(p, AttackSpec, "share", action=argparse.BooleanOptionalAction)
+    for name in ("cw_binary_steps", "cw_lr", "batch_size"):
+        add_setting(p, AttackSpec, name)
+    add_setting(p, AttackSpec, "compile", action=argparse.BooleanOptionalAction)
     p.set_defaults(func=_eval)
 
 
@@ -173,14 +184,12 @@ def _add_eval(sub) -> None:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from advfeat.synthesis import SynthJob, SynthSettings, synthesize
+    from advfeat.synthesis import SynthJob, synthesize
 
     if args.gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {args.gpus}")
-    settings = SynthSettings.preset(args.kind, steps=args.steps, step_size=args.step_size, eps=args.eps,
-                                    batch_size=args.batch_size, shard_size=args.shard_size, storage=args.storage,
-                                    seed=args.seed, subset=args.subset, retire=args.retire or None,
-                                    compile=args.compile)
+    settings = SynthSettings.of(args.kind, **{f.name: getattr(args, f.name) for f in fields(SynthSettings)
+                                              if f.name != "kind" and hasattr(args, f.name)})
     job = SynthJob(settings, args.model, args.data, args.out, device=args.device, workers=args.gpus,
                    progress=not args.quiet)
     card = synthesize(job, force=args.force)
@@ -196,27 +205,23 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _add_synth(sub) -> None:
-    from advfeat.pipelines.synthesized import STORAGE
-    from advfeat.synthesis import KINDS
-
     p = sub.add_parser("synth", help="synthesize D_R, D_NR, D_rand or D_det")
-    p.add_argument("--kind", required=True, choices=KINDS, help="r, nr (inversion); rand, det (targeted PGD)")
+    add_setting(p, SynthSettings, "kind", default=None, required=True)
     p.add_argument("--model", required=True, help="the model folder to synthesize with")
     p.add_argument("--data", help="the CIFAR-10 whose training images are transformed")
     p.add_argument("--out", required=True, help="the dataset folder (a restarted run resumes it)")
     p.add_argument("--gpus", type=int, default=1, help="worker processes, one per GPU (CPU: gloo workers)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--steps", type=_positive_int, help="default: 1000 (r, nr), 100 (rand, det)")
-    p.add_argument("--step-size", type=float, help="default 0.1")
-    p.add_argument("--eps", type=float, help="default: none (r, nr), 0.5 (rand, det)")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--shard-size", type=_positive_int, help="images per shard file (default 2000)")
-    p.add_argument("--storage", choices=list(STORAGE), help="pixel storage (default float16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--subset", type=_positive_int, help="synthesize from N training images (stratified)")
-    p.add_argument("--retire", action="store_true", help="rand/det: stop an example at its first success")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the model (default: on CUDA only)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (one worker)")
+    # Unset flags take the kind's defaults (advfeat.settings.KIND_DEFAULTS), named in each help.
+    add_setting(p, SynthSettings, "steps", default=None)
+    add_setting(p, SynthSettings, "step_size", default=None, help_extra=" (default: 0.1)")
+    add_setting(p, SynthSettings, "eps", default=None)
+    add_setting(p, SynthSettings, "keep", default=None)
+    for name in ("norm", "targets", "start", "batch_size", "shard_size", "storage", "seed", "subset"):
+        add_setting(p, SynthSettings, name)
+    add_setting(p, SynthSettings, "fake_relu", action=argparse.BooleanOptionalAction)
+    add_setting(p, SynthSettings, "retire", action="store_true")
+    add_setting(p, SynthSettings, "compile", action=argparse.BooleanOptionalAction)
     p.add_argument("--force", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth)
@@ -225,38 +230,65 @@ def _add_synth(sub) -> None:
 # --------------------------------------------------------------------------- reproduce
 
 
+def _default_preset() -> str:
+    """cpu (the paper's claims in under 30 minutes) without a GPU, fast with one."""
+    import torch
+
+    return "fast" if torch.cuda.is_available() else "cpu"
+
+
 def _reproduce(args: argparse.Namespace) -> None:
     import dataclasses
 
     from advfeat.presets import get_preset
-    from advfeat.reproduce import reproduce
+    from advfeat.reproduce import dry_run, reproduce
 
-    if args.gpus < 1:
-        raise UserError(f"--gpus must be at least 1, got {args.gpus}")
-    preset = get_preset(args.preset)
-    overrides = {k: v for k, v in (("subset", args.subset), ("test_subset", args.test_subset)) if v is not None}
+    preset = get_preset(args.preset or _default_preset())
+    overrides = {k: v for k, v in (("subset", args.subset), ("test_subset", args.test_subset), ("seeds", args.seeds))
+                 if v is not None}
+    if "seeds" in overrides and overrides["seeds"] < 1:
+        raise UserError(f"--seeds must be at least 1, got {overrides['seeds']}")
     if overrides:
         preset = dataclasses.replace(preset, **overrides)
+    if args.dry_run:
+        plan = dry_run(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus,
+                       log=lambda message: print(message, file=sys.stderr))
+        _print_plan(plan)
+        return
     report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus)
     print(f"report: {Path(args.out) / 'report.md'} ({report['total_seconds']:.0f}s on {report['device']})")
-    for row in report["rows"]:
-        paper = "" if row["paper_clean"] is None else f" (paper {100 * row['paper_clean']:.1f})"
-        print(f"  {row['setting']:<34} clean {100 * row['clean']:5.1f}{paper}, "
-              f"robust@0.25 {100 * (row.get('robust@0.25') or 0):5.1f}")
+    for claim in report["claims"]:
+        print(f"  {claim['verdict']:<14} {claim['statement']}")
+
+
+def _print_plan(plan: dict) -> None:
+    done = sum(r["status"] == "done" for r in plan["stages"])
+    print(f"preset {plan['preset']} on {plan['device']}: {len(plan['stages'])} stages, {done} done; rates from "
+          f"{plan['rates'].get('source', 'advfeat doctor')}")
+    print(f"  {'stage':<28} {'status':<8} {'work':<7} {'arch':<12} {'passes':>14} {'est. s':>9}")
+    for r in plan["stages"]:
+        print(f"  {r['stage']:<28} {r['status']:<8} {r['work']:<7} {r['arch'] or '':<12} {r['passes']:>14,.0f} "
+              f"{r['seconds']:>9.1f}")
+    hours = plan["total_seconds"] / 3600
+    print(f"estimated time left: {plan['total_seconds']:.0f} s ({hours:.1f} h)")
 
 
 def _add_reproduce(sub) -> None:
     from advfeat.presets import PRESETS
 
-    p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, report")
-    p.add_argument("--preset", choices=list(PRESETS), default="smoke",
-                   help="smoke (CPU, minutes), fast (one GPU), paper (the paper's ResNet-50 settings)")
+    p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, judge the claims, report")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="smoke (CI, minutes), cpu (the claims on a laptop, < 30 min), fast (one GPU), paper (the "
+                        "paper's ResNet-50 settings) (default: cpu without a GPU, fast with one)")
     p.add_argument("--data", help="CIFAR-10 in any supported form")
     p.add_argument("--out", required=True, help="the reproduction folder (a rerun reuses finished stages)")
-    p.add_argument("--gpus", type=int, default=1, help="synthesis workers (one per GPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--gpus", type=int, default=1, help="synthesis workers, one per GPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seeds", type=int, help="override the preset's number of seeds")
     p.add_argument("--subset", type=_positive_int, help="override the preset's number of training images")
     p.add_argument("--test-subset", type=_positive_int, help="override the preset's number of test images")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages, which are done, their work and an estimated time; run nothing")
     p.set_defaults(func=_reproduce)
 
 

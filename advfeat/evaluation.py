@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
@@ -20,8 +20,7 @@ from advfeat.attacks import cw_l2, frozen, frozen_view, make_threat, pgd
 from advfeat.errors import UserError
 from advfeat.pipelines.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
-
-ATTACKS = ("pgd-l2", "pgd-linf", "cw-l2")
+from advfeat.settings import AttackSpec
 
 
 @torch.no_grad()
@@ -64,39 +63,6 @@ def clean_accuracy(model, loader, device, classes) -> dict:
 
 
 # --------------------------------------------------------------------------- robust accuracy
-
-
-@dataclass
-class AttackSpec:
-    """An evaluation attack. step_size None: 2.5 * eps / steps (reaches the boundary)."""
-
-    name: str = "pgd-l2"
-    steps: int = 20
-    step_size: float | None = None
-    restarts: int = 1
-    random_start: str | None = None  # None: the threat's default ("sphere" / "box") when restarts > 1
-    retire: bool = True  # stop attacking an example once it is misclassified
-    share: bool = True  # skip examples already broken at a smaller eps
-    batch_size: int = 512
-    compile: bool | None = None  # torch.compile the model; None: on CUDA only
-    cw_binary_steps: int = 9
-    cw_lr: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
-            raise UserError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
-
-    @property
-    def norm(self) -> str:
-        return "linf" if self.name.endswith("linf") else "l2"
-
-    def step_size_for(self, eps: float) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-
-    def start(self) -> str:
-        if self.random_start is not None:
-            return self.random_start
-        return "none" if self.restarts == 1 else ("sphere" if self.norm == "l2" else "box")
 
 
 def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator, batch_size: int) -> dict:

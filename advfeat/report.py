@@ -1,20 +1,26 @@
-"""The reproduction report: every number beside the paper's, the figures, the timings.
+"""The reproduction report: judged claims, every number with its interval beside the paper's
+reference, the figures and the timings.
 
-Writes report.md and report.json (and figures/) into the reproduction folder.
+Writes report.md, report.json and figures/ into the reproduction folder. The paper's numbers
+(advfeat.reference) are shown as references with their setting and source, never subtracted
+from ours: a small net on a CPU is not the paper's ResNet-50.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from advfeat.claims import Outcomes, judge
 from advfeat.io import atomic_path, write_json
 from advfeat.pipelines import CIFAR10_CLASSES
-from advfeat.presets import PAPER
+from advfeat.reference import D6_REPLICATION, FIGURE3, FIGURE3_SOURCE, PAPER_SETTING, paper
+from advfeat.stats import LEVEL, mean_interval, wilson_interval
 
 ROWS = [
     ("standard", "Standard training on D"),
@@ -24,26 +30,33 @@ ROWS = [
     ("rand", "Standard training on D_rand"),
     ("det", "Standard training on D_det"),
 ]
+KINDS = ("r", "nr", "rand", "det")
 THEORY_FIGURES = ("gaussian_contours.png", "gaussian_alignment.png")
 
 
+# --------------------------------------------------------------------------- collecting
+
+
+def by_seed(results: dict, name: str) -> dict[int, dict]:
+    """The results of stage `name` for every seed: {seed: result}."""
+    out = {}
+    for stage_id, result in results.items():
+        base, _, seed = stage_id.partition("@")
+        if base == name and seed:
+            out[int(seed)] = result
+    return out
+
+
 def _row_at(evaluation: dict, eps: float) -> dict | None:
-    for row in evaluation.get("robust", []):
-        if abs(row["eps"] - eps) < 1e-9:
-            return row
-    return None
+    return next((r for r in evaluation.get("robust", []) if abs(r["eps"] - eps) < 1e-9), None)
 
 
-def _robust_at(evaluation: dict, eps: float) -> float | None:
-    row = _row_at(evaluation, eps)
-    return None if row is None else row["accuracy"]
-
-
-def _worst_case(evaluations: list[dict], eps: float, n: int) -> float | None:
-    """Robust accuracy on the first n test images when every example counts as broken if any
-    of the attacks broke it (all evaluations cover those n images, the first n of the set)."""
-    rows = [_row_at(ev, eps) for ev in evaluations]
-    if any(r is None or "robust_index" not in r for r in rows) or n == 0:
+def worst_case(ev: dict, eps: float) -> float | None:
+    """Robust accuracy on the strong-attack subset when an image counts as broken if any attack
+    (main PGD, strong PGD, CW) broke it."""
+    rows = [_row_at(ev[k], eps) for k in ("main", "strong", "cw")]
+    n = ev["strong"]["n"]
+    if any(r is None for r in rows) or n == 0:
         return None
     survivors = set(range(n))
     for r in rows:
@@ -51,38 +64,58 @@ def _worst_case(evaluations: list[dict], eps: float, n: int) -> float | None:
     return len(survivors) / n
 
 
-def table_rows(results: dict) -> list[dict]:
-    """One row per trained model: our clean / robust accuracies beside the paper's."""
+def summarize(values: list[float], n_images: int | None = None) -> dict | None:
+    """Mean with its 95% interval: over seeds, or (one seed) Wilson over test images."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None
+    if len(values) >= 2:
+        return mean_interval(values).to_dict()
+    if n_images:
+        return wilson_interval(round(values[0] * n_images), n_images).to_dict()
+    return {"estimate": values[0], "low": None, "high": None, "n": 1, "method": "one value"}
+
+
+def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float]) -> list[dict]:
     rows = []
-    eps_list = results["preset"]["eps"]
     for key, label in ROWS:
-        ev = results["evaluations"][key]
-        paper = PAPER.get(key, {})
-        row = {"key": key, "setting": label, "clean": ev["main"]["clean_accuracy"],
-               "paper_clean": paper.get("clean")}
+        seeds = evals[key]
+        n = next(iter(seeds.values()))["n"]
+        n_sub = next(iter(seeds.values()))["strong"]["n"]
+        row = {"key": key, "setting": label, "clean": summarize([e["clean_accuracy"] for e in seeds.values()], n)}
         for eps in eps_list:
-            row[f"robust@{eps}"] = _robust_at(ev["main"], eps)
-        row["paper_robust@0.25"] = paper.get("robust@0.25")
-        # The strong attacks run on the first n test images: compare on those.
-        n = ev["strong"]["n"]
-        row["subset_robust@0.25"] = _worst_case([ev["main"]], 0.25, n)
-        row["strong_robust@0.25"] = _robust_at(ev["strong"], 0.25)
-        row["cw_robust@0.25"] = _robust_at(ev["cw"], 0.25)
-        row["worst_robust@0.25"] = _worst_case([ev["main"], ev["strong"], ev["cw"]], 0.25, n)
-        row["warnings"] = ev["main"]["warnings"] + ev["strong"]["warnings"]
+            row[f"robust@{eps}"] = summarize([_row_at(e["main"], eps)["accuracy"] for e in seeds.values()], n)
+        sub = [set(range(n_sub)) & set(_row_at(e["main"], 0.25)["robust_index"]) for e in seeds.values()]
+        row["subset@0.25"] = summarize([len(s) / n_sub for s in sub], n_sub)
+        row["strong@0.25"] = summarize([_row_at(e["strong"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
+        row["cw@0.25"] = summarize([_row_at(e["cw"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
+        row["worst@0.25"] = summarize([worst_case(e, 0.25) for e in seeds.values()], n_sub)
+        row["shifted"] = summarize([e.get("shifted_accuracy") for e in seeds.values()], n)
+        row["notes"] = sorted({e["label_shift_note"] for e in seeds.values() if e.get("label_shift") is None
+                               and "label_shift_note" in e})
+        row["warnings"] = sorted({w for e in seeds.values() for w in e["main"]["warnings"] + e["strong"]["warnings"]})
+        for metric in ("clean", "robust@0.25"):
+            ref = paper(key, metric)
+            row[f"paper_{metric}"] = ref.to_dict() if ref else None
         rows.append(row)
     return rows
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def _diff(ours, paper) -> str:
-    return "–" if ours is None or paper is None else f"{100 * (ours - paper):+.1f}"
-
-
-# --------------------------------------------------------------------------- figures
+def figure3_points(fig3: dict[int, dict]) -> list[dict]:
+    """Per architecture: transfer rate and accuracy trained on D_det, over seeds."""
+    archs = {}
+    for result in fig3.values():
+        for p in result["points"]:
+            archs.setdefault(p["arch"], []).append(p)
+    out = []
+    for arch, points in archs.items():
+        out.append({"arch": arch,
+                    "transfer": summarize([p["transfer_rate"] for p in points]),
+                    "det_accuracy": summarize([p["det_accuracy"] for p in points]),
+                    "d_accuracy": summarize([p["d_accuracy"] for p in points]),
+                    "seeds": [{"transfer": p["transfer_rate"], "det_accuracy": p["det_accuracy"]} for p in points],
+                    "paper": FIGURE3.get(arch)})
+    return out
 
 
 def _pyplot():
@@ -135,22 +168,34 @@ def draw_targeted_grid(samples: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _mean(cell: dict | None) -> float:
+    return float("nan") if cell is None else cell["estimate"]
+
+
+def _errors(cells: list[dict | None]) -> np.ndarray:
+    """Matplotlib's asymmetric error bars from interval cells (zero where there is none)."""
+    lows = [0 if c is None or c["low"] is None else c["estimate"] - c["low"] for c in cells]
+    highs = [0 if c is None or c["high"] is None else c["high"] - c["estimate"] for c in cells]
+    return 100 * np.array([lows, highs])
+
+
 def draw_bars(rows: list[dict], path: Path) -> None:
-    """Figure 2b: clean and robust (eps 0.25) accuracy of models trained on D, D_R, D_NR."""
+    """Figure 2b: clean and robust (eps 0.25) accuracy of the models trained on D, D_R, D_NR,
+    with 95% intervals; the paper's ResNet-50 values as black ticks (a reference)."""
     plt = _pyplot()
     keys = ["standard", "robust", "r", "nr"]
     chosen = [r for r in rows if r["key"] in keys]
-    labels = ["D (std)", "D (adv)", "D_R", "D_NR"]
     at = np.arange(len(chosen))
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.bar(at - 0.2, [100 * r["clean"] for r in chosen], 0.4, label="clean (ours)")
-    ax.bar(at + 0.2, [100 * (r["robust@0.25"] or 0) for r in chosen], 0.4, label="robust eps=0.25 (ours)")
-    for i, r in enumerate(chosen):
-        for dx, key in ((-0.2, "paper_clean"), (0.2, "paper_robust@0.25")):
-            if r[key] is not None:
-                ax.plot([i + dx - 0.18, i + dx + 0.18], [100 * r[key]] * 2, color="black", lw=1.5)
-    ax.plot([], [], color="black", lw=1.5, label="paper")
-    ax.set_xticks(at, labels)
+    for dx, metric, label in ((-0.2, "clean", "clean (ours)"), (0.2, "robust@0.25", "robust eps=0.25 (ours)")):
+        cells = [r[metric] for r in chosen]
+        ax.bar(at + dx, [100 * _mean(c) for c in cells], 0.4, yerr=_errors(cells), capsize=3, label=label)
+        for i, r in enumerate(chosen):
+            ref = r[f"paper_{metric}"]
+            if ref is not None:
+                ax.plot([i + dx - 0.18, i + dx + 0.18], [100 * ref["value"]] * 2, color="black", lw=1.5)
+    ax.plot([], [], color="black", lw=1.5, label="paper (ResNet-50)")
+    ax.set_xticks(at, ["D (std)", "D (adv)", "D_R", "D_NR"])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
@@ -159,23 +204,30 @@ def draw_bars(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def draw_transfer(transfer: list[dict], path: Path) -> None:
-    """Figure 3: transfer rate of the source model's D_det examples vs accuracy when
-    trained on D_det, per architecture, with a least-squares trend line."""
+def draw_transfer(points: list[dict], correlation: dict | None, path: Path) -> None:
+    """Figure 3 with the paper's axes: x = test accuracy trained on D_det, y = transfer success
+    rate; every (architecture, seed) point, the architectures' means, and a trend line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
-    xs = np.array([100 * t["transfer_rate"] for t in transfer])
-    ys = np.array([100 * t["det_test_accuracy"] for t in transfer])
-    ax.scatter(xs, ys)
-    for t, x, y in zip(transfer, xs, ys):
-        ax.annotate(t["arch"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if len(transfer) >= 2 and np.ptp(xs) > 0:
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    xs, ys = [], []
+    for i, p in enumerate(points):
+        color = f"C{i}"
+        seeds = [s for s in p["seeds"] if s["transfer"] is not None]
+        ax.scatter([100 * s["det_accuracy"] for s in seeds], [100 * s["transfer"] for s in seeds], color=color,
+                   alpha=0.35, s=14)
+        xs += [100 * s["det_accuracy"] for s in seeds]
+        ys += [100 * s["transfer"] for s in seeds]
+        if p["transfer"] is not None:
+            x, y = 100 * _mean(p["det_accuracy"]), 100 * _mean(p["transfer"])
+            ax.scatter([x], [y], color=color, s=40, label=p["arch"])
+    if len(xs) >= 2 and np.ptp(xs) > 0:
         slope, intercept = np.polyfit(xs, ys, 1)
-        grid = np.linspace(xs.min(), xs.max(), 10)
-        ax.plot(grid, slope * grid + intercept, "--", color="gray", label=f"trend (slope {slope:.2f})")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("transfer rate of D_det examples (%)")
-    ax.set_ylabel("test accuracy trained on D_det (%)")
+        grid = np.linspace(min(xs), max(xs), 10)
+        label = "trend" + (f" (r = {correlation['estimate']:.2f})" if correlation else "")
+        ax.plot(grid, slope * grid + intercept, ":", color="gray", label=label)
+    ax.set_xlabel("Test accuracy (%; trained on D_{y+1})")
+    ax.set_ylabel("Transfer success rate (%)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -184,100 +236,200 @@ def draw_transfer(transfer: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- markdown
 
 
+def cell(c: dict | None, ref: dict | None = None) -> str:
+    """'38.0 [35.1, 40.9]': a mean (%) with its 95% interval."""
+    if c is None:
+        return "–"
+    if c.get("low") is None:
+        return f"{100 * c['estimate']:.1f}"
+    return f"{100 * c['estimate']:.1f} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]"
+
+
+def reference_cell(ref: dict | None) -> str:
+    return "–" if ref is None else f"{100 * ref['value']:.1f}"
+
+
+def _interval_text(interval: dict | None, percent: bool = True) -> str:
+    if interval is None:
+        return "–"
+    k = 100 if percent else 1
+    unit = " pts" if percent else ""
+    return f"{k * interval['estimate']:+.1f}{unit} [{k * interval['low']:+.1f}, {k * interval['high']:+.1f}]"
+
+
+def _claims_section(claims: list[dict], seeds: int, n_test: int) -> list[str]:
+    how = (f"mean over {seeds} seeds with Student's t interval" if seeds >= 2 else
+           f"one seed: Wilson interval over the {n_test} test images for an accuracy, the paired normal interval "
+           f"of per-image differences for a difference of two models")
+    lines = ["## The paper's claims, judged", "",
+             f"Each claim is one or more effects with a {round(LEVEL * 100)}% interval ({how}; Fisher's z interval for "
+             "a correlation). **Rule:** a part *holds* when its whole interval lies on the claimed side of its margin, "
+             "*does not hold* when the whole interval lies on the other side, and is *inconclusive* otherwise; a claim "
+             "holds when all its parts hold and fails when any part fails. The margins were fixed before any run "
+             "(advfeat/claims.py): 'far above' is 10 points, 'well' or 'clearly above' 5 points.", "",
+             "| claim | the paper (reference, its setting) | effect: ours [95% interval] | rule | verdict |",
+             "|---|---|---|---|---|"]
+    for c in claims:
+        for i, part in enumerate(c["parts"]):
+            statement, reference = (c["statement"], c["paper"]) if i == 0 else ("", "")
+            verdict = f"**{c['verdict']}**" if i == 0 else ""
+            if len(c["parts"]) > 1:
+                verdict += f" (this part: {part['verdict']})"
+            effect = _interval_text(part["interval"], percent=not part["rule"].startswith("correlation"))
+            lines.append(f"| {statement} | {reference} | {effect} | {part['rule']} | {verdict} |")
+    return lines
+
+
+def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: list[dict], correlation,
+                    synth: dict, figures: dict[str, str]) -> str:
+    preset = results["preset"]
+    eps_list = preset["eps"]
+    seeds = preset["seeds"]
+    n_test = preset["test_subset"] or 10000
+    lines = [f"# advfeat reproduction: preset `{preset['name']}`", "",
+             f"{preset['description']}", "",
+             f"Device: {results['device']} (synthesis workers: {results['gpus']}). Data: `{results['data']['path']}` "
+             f"(digest {str(results['data']['digest'])[:12]}), {preset['subset'] or 'all 50,000'} training images "
+             f"drawn per seed, {n_test} test images shared by every seed. Model: {preset['arch']}. Seeds: {seeds}. "
+             f"Wall-clock time of this run: {results['total_seconds']:.0f} s.", "",
+             "Where this preset departs from the paper:", ""]
+    lines += [f"- {d}" for d in preset["deviations"]] + [""]
+    lines += _claims_section(claims, seeds, n_test) + [""]
+    lines += ["## Accuracy on the real CIFAR-10 test set (%)", "",
+              f"Ours: mean [95% interval] over {seeds} seed(s). Robust accuracy is under L2 PGD "
+              f"({preset['attack']['steps']} steps). The paper's column is a reference: {PAPER_SETTING}; sources in "
+              "report.json.", "",
+              "| setting | clean | " + " | ".join(f"robust eps={e}" for e in eps_list) + " | paper: clean | "
+              "paper: robust eps=0.25 |", "|" + "---|" * (3 + len(eps_list) + 1)]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | " + " | ".join(cell(r[f'robust@{e}']) for e in eps_list)
+                     + f" | {reference_cell(r['paper_clean'])} | {reference_cell(r['paper_robust@0.25'])} |")
+    lines += ["", f"Checking the main attack at eps 0.25 on the first {preset['strong_subset']} (shuffled) test "
+              "images: the main PGD on them, a stronger PGD (more steps, restarts), Carlini-Wagner L2, and the "
+              "per-image worst case (an image is robust only if all three failed on it). A worst case far below the main PGD would "
+              "mean the main attack is too weak.", "",
+              "| setting | main PGD | strong PGD | CW-L2 | worst case |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {cell(r['subset@0.25'])} | {cell(r['strong@0.25'])} | {cell(r['cw@0.25'])} "
+                     f"| {cell(r['worst@0.25'])} |")
+    warnings = [f"- {r['setting']}: {w}" for r in rows for w in r["warnings"]]
+    if warnings:
+        lines += ["", "Evaluation warnings:", *warnings]
+    det = next(r for r in rows if r["key"] == "det")
+    lines += ["", "## Appendix D.6: what the model trained on D_det learned", "",
+              "D_det's images of class y carry non-robust features of y+1 and are labelled y+1, while their robust "
+              "features still say y. On the real test set, accuracy on the true labels y measures the non-robust "
+              "features learned; accuracy on the labels y+1 (the test set relabelled like D_det) measures the robust "
+              "features learned with D_det's shifted labels.", "",
+              "| test labels | ours | reference |", "|---|---|---|",
+              *[f"| {name} | {cell(det[key])} | {100 * D6_REPLICATION[ref].value:.1f} ({D6_REPLICATION[ref].source}) |"
+                for name, key, ref in (("true y", "clean", "true"), ("y+1", "shifted", "shifted"))]]
+    lines += [f"- {note}: D.6 skipped" for r in rows for note in r["notes"] if r["key"] == "det"]
+    lines += ["", "## The synthesized datasets", "", "Means over seeds.", "",
+              "| dataset | quality | image-steps/s |", "|---|---|---|"]
+    for kind, st in synth.items():
+        if "target_success" in st:
+            quality = (f"target success {100 * st['target_success']:.1f}% (stored {100 * st['stored_success']:.1f}%), "
+                       f"mean perturbation {st['perturbation_norm']:.3f}")
+        else:
+            quality = (f"relative feature distance {st['initial_distance']:.3f} -> {st['final_distance']:.3f} "
+                       f"(stored {st['stored_distance']:.3f})")
+        lines.append(f"| D_{kind} | {quality} | {st['image_steps_per_s']:.0f} |")
+    lines += ["", f"![inversions]({figures['inversion']})", "",
+              "Seed 0. Columns: x, the start image x0, x0 optimized to match x's representation under the standard "
+              "model (D_NR) and under the robust model (D_R).", "", f"![targeted]({figures['targeted']})", "",
+              "## Figure 2b", "", f"![bars]({figures['bars']})", "",
+              "## Figure 3: transferability vs learnability", "",
+              "Transfer success rate: the source model (the standard model of the same seed) crafts targeted examples "
+              f"toward y+1 on the first {preset['transfer_images']} shuffled test images with the D_det attack; among "
+              "those that fool the source, the share that a model of the architecture trained on D (another seed) also "
+              "classifies as y+1. Learnability: the test accuracy of the architecture trained on D_det.", "",
+              "| architecture | transfer success rate | test acc. trained on D_det | trained on D | paper (D_det acc., "
+              "transfer) |", "|---|---|---|---|---|"]
+    for p in fig3:
+        ref = "–" if p["paper"] is None else f"{100 * p['paper'][0]:.1f}, {100 * p['paper'][1]:.1f}"
+        lines.append(f"| {p['arch']} | {cell(p['transfer'])} | {cell(p['det_accuracy'])} | {cell(p['d_accuracy'])} | "
+                     f"{ref} |")
+    if correlation:
+        lines += ["", f"Correlation over the (architecture, seed) points: r = {correlation['estimate']:.2f} "
+                      f"[{correlation['low']:.2f}, {correlation['high']:.2f}] ({correlation['method']})."]
+    lines += ["", f"Paper values: {FIGURE3_SOURCE.source}.", "", f"![transfer]({figures['transfer']})", "",
+              "## Section 4: the Gaussian model", "", results["theory"]["headline"], ""]
+    lines += [f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]
+    lines += ["", "## Timings", "", *_stage_rows(results["stages"]), "",
+              f"Total wall-clock time of this run: {results['total_seconds']:.1f} s (reused stages cost nothing "
+              f"now; their seconds are those of the run that made them).", "",
+              "## Preset", "", "```json", json.dumps(preset, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
 def _stage_rows(stages: list[dict]) -> list[str]:
     lines = ["| stage | reused | seconds | throughput |", "|---|---|---|---|"]
     for s in stages:
         result = s.get("result", {})
         speed = ""
-        if "images_per_s" in result and result["images_per_s"]:
+        if result.get("images_per_s"):
             speed = f"{result['images_per_s']:.0f} training images/s"
         elif "stats" in result:
             speed = f"{result['stats']['image_steps_per_s']:.0f} image-steps/s"
-        lines.append(f"| {s['name']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {speed} |")
+        lines.append(f"| {s['id']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {speed} |")
     return lines
 
 
-def render_markdown(results: dict, rows: list[dict], figures: dict[str, str]) -> str:
-    preset = results["preset"]
-    eps_list = preset["eps"]
-    lines = [f"# advfeat reproduction: preset `{preset['name']}`", "",
-             f"Device: {results['device']} (workers for synthesis: {results['gpus']}). "
-             f"Data: {results['data'].get('format')} at `{results['data'].get('path')}` "
-             f"(digest {str(results['data'].get('digest'))[:12]}, {preset['subset'] or 'all'} training images, "
-             f"{preset['test_subset'] or 'all'} test images). Model: {preset['arch']}.", ""]
-    lines += [f"- {note}" for note in preset["notes"]] + [""]
-    lines += ["## Accuracy on the real CIFAR-10 test set (%)", "",
-              "Robust accuracy is under L2 PGD; the paper's is at eps 0.25. The last four columns check the "
-              f"main attack on the first {preset['strong_subset']} test images: the main PGD on them, 'strong' PGD "
-              "with more steps and restarts, Carlini-Wagner L2, and 'worst', where an image counts as robust only "
-              "if all three failed on it. A 'worst' far below the main PGD means the main attack is too weak.", ""]
-    head = ["setting", "clean", "paper", "diff"] + [f"robust eps={e}" for e in eps_list] + \
-        ["paper eps=0.25", "diff", "subset PGD", "strong", "CW", "worst"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["setting"], _pct(r["clean"]), _pct(r["paper_clean"]), _diff(r["clean"], r["paper_clean"])]
-        cells += [_pct(r[f"robust@{e}"]) for e in eps_list]
-        cells += [_pct(r["paper_robust@0.25"]), _diff(r.get("robust@0.25"), r["paper_robust@0.25"]),
-                  _pct(r["subset_robust@0.25"]), _pct(r["strong_robust@0.25"]), _pct(r["cw_robust@0.25"]),
-                  _pct(r["worst_robust@0.25"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    warnings = [f"- {r['setting']}: {w}" for r in rows for w in r["warnings"]]
-    if warnings:
-        lines += ["", "Evaluation warnings:", *warnings]
-    lines += ["", "## The synthesized datasets", "", "| dataset | n | quality | seconds | image-steps/s |",
-              "|---|---|---|---|---|"]
-    for kind, record in results["synthesized"].items():
-        st = record["stats"]
-        if "target_success" in st:
-            quality = (f"target success {_pct(st['target_success'])}% (stored {_pct(st['stored_success'])}%), "
-                       f"mean perturbation {st['perturbation_norm']['mean']:.3f}")
+def synth_summary(results: dict) -> dict:
+    """Per kind, the mean over seeds of each dataset's quality statistics."""
+    out = {}
+    for kind in KINDS:
+        stats = [r["stats"] for r in by_seed(results, f"synth-{kind}").values()]
+        if not stats:
+            continue
+        mean = lambda f: float(np.mean([f(s) for s in stats]))  # noqa: E731
+        entry = {"image_steps_per_s": mean(lambda s: s["image_steps_per_s"])}
+        if "target_success" in stats[0]:
+            entry |= {"target_success": mean(lambda s: s["target_success"]),
+                      "stored_success": mean(lambda s: s["stored_success"]),
+                      "perturbation_norm": mean(lambda s: s["perturbation_norm"]["mean"])}
         else:
-            quality = (f"relative feature distance {st['initial_distance']['mean']:.3f} -> "
-                       f"{st['final_distance']['mean']:.3f} (stored {st['stored_distance']['mean']:.3f})")
-        lines.append(f"| D_{kind} | {st['n']} | {quality} | {st['wall_seconds']:.1f} | {st['image_steps_per_s']:.0f} |")
-    lines += ["", "![inversions](" + figures["inversion"] + ")", "",
-              "Columns: x, the start image x0, x0 optimized to match x's representation under the standard model "
-              "(D_NR) and under the robust model (D_R).", "", "![targeted](" + figures["targeted"] + ")", "",
-              "## Figure 2b", "", "![bars](" + figures["bars"] + ")", "",
-              "## Figure 3: transferability vs learnability", "",
-              "| architecture | transfer rate of D_det examples | test accuracy trained on D_det | trained on D |",
-              "|---|---|---|---|"]
-    for t in results["transfer"]:
-        lines.append(f"| {t['arch']} | {_pct(t['transfer_rate'])} | {_pct(t['det_test_accuracy'])} | "
-                     f"{_pct(t['standard_test_accuracy'])} |")
-    lines += ["", "![transfer](" + figures["transfer"] + ")", "",
-              "Transfer rate: the fraction of the source model's D_det images that each architecture, trained "
-              "normally on D, classifies as the D_det target label.", "",
-              "## Section 4: the Gaussian model", "", results["theory"]["headline"], ""]
-    lines += [f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]
-    lines += ["", "## Timings", "", *_stage_rows(results["stages"]), "",
-              f"Total wall-clock time of this run: {results['total_seconds']:.1f} s (reused stages cost nothing "
-              f"now; their own seconds are those of the run that made them).", "",
-              "## Preset", "", "```json", json.dumps(preset, indent=1), "```", ""]
-    return "\n".join(lines)
+            entry |= {k: mean(lambda s, k=k: s[k]["mean"]) for k in ("initial_distance", "final_distance",
+                                                                     "stored_distance")}
+        out[kind] = entry
+    return out
 
 
 def write_report(out: Path, results: dict, samples: dict) -> dict:
+    """report.md, report.json and figures/ from the stages' results."""
+    stage_results = results["results"]
+    evals = {key: by_seed(stage_results, f"eval-{key}") for key, _ in ROWS}
+    fig3_raw = by_seed(stage_results, "fig3")
+    outcomes = Outcomes(evals, fig3_raw)
+    claims = judge(outcomes)
+    rows = table_rows(evals, results["preset"]["eps"])
+    fig3 = figure3_points(fig3_raw)
+    correlation = outcomes.transfer_correlation()
+    correlation = correlation.to_dict() if correlation else None
+    synth = synth_summary(stage_results)
+    results = results | {"theory": stage_results.get("theory", {"headline": ""})}
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(results)
     paths = {"inversion": figures_dir / "inversion.png", "targeted": figures_dir / "targeted.png",
              "bars": figures_dir / "figure2b.png", "transfer": figures_dir / "figure3.png"}
     draw_inversion_grid(samples, paths["inversion"])
     draw_targeted_grid(samples, paths["targeted"])
     draw_bars(rows, paths["bars"])
-    draw_transfer(results["transfer"], paths["transfer"])
+    draw_transfer(fig3, correlation, paths["transfer"])
     # The theory figures are copied beside the others: report.md and figures/ then make a
     # self-contained folder without the (large) stages/.
     for name in THEORY_FIGURES:
-        source = Path(results["theory"]["folder"]) / name
-        if source.is_file():
+        source = Path(results.get("theory_dir", "")) / name
+        if results.get("theory_dir") and source.is_file():
             paths[name] = figures_dir / name
             with atomic_path(paths[name]) as tmp:
                 shutil.copyfile(source, tmp)
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
-    report = {"rows": rows, **results, "figures": figures}
+    report = {"claims": claims, "rows": rows, "figure3": fig3, "figure3_correlation": correlation,
+              "synthesized": synth, **{k: v for k, v in results.items() if k != "results"},
+              "figures": figures, "evaluations": evals}
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_markdown(results, rows, figures))
+        tmp.write_text(render_markdown(results, rows, claims, fig3, correlation, synth, figures))
     write_json(out / "report.json", report)
     return report

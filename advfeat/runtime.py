@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device {name} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What a card or a report says the work ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def autocast(device: torch.device, enabled: bool = True):

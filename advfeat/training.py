@@ -9,10 +9,9 @@ Each epoch ends with an atomic checkpoint; all randomness of an epoch comes from
 from __future__ import annotations
 
 import datetime
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -27,78 +26,17 @@ from advfeat.evaluation import clean_accuracy
 from advfeat.io import write_json
 from advfeat.models import create_model
 from advfeat.pipelines import Dataset, make_loader
-from advfeat.runtime import autocast, git_commit, maybe_compile, prepare_input, prepare_model
+from advfeat.runtime import autocast, device_name, git_commit, maybe_compile, prepare_input, prepare_model
+from advfeat.settings import TrainConfig
 
 METRICS = "metrics.json"
-SCHEDULES = ("step", "onecycle")
-
-
-@dataclass
-class TrainConfig:
-    arch: str = "resnet50"
-    epochs: int = 150
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # "step": lr x lr_gamma at each milestone epoch; "onecycle": per-iteration linear warm-up
-    # over the first 20% to lr, then linear decay to 0 (converges in far fewer epochs).
-    schedule: str = "step"
-    lr_milestones: list[int] | None = None  # None: 1/3 and 2/3 of the epochs
-    lr_gamma: float = 0.1
-    augment: bool = True
-    seed: int = 0
-    loader: str = "auto"
-    compile: bool = False
-    eval_every: int = 1
-    # Adversarial training: None for standard training, else "l2" or "linf" PGD.
-    adv: str | None = None
-    eps: float = 0.5
-    attack_steps: int = 7
-    attack_step_size: float = 0.1
-    attack_start: str = "none"  # the robustness library trains without a random start
-    extra: dict = field(default_factory=dict)  # free-form notes recorded in the card
-
-    def __post_init__(self) -> None:
-        if self.schedule == "step" and self.lr_milestones is None:
-            self.lr_milestones = sorted({max(1, round(self.epochs * f)) for f in (1 / 3, 2 / 3)} - {self.epochs})
-        self.validate()
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose {', '.join(SCHEDULES)}"),
-            (self.adv in (None, "l2", "linf"), f"unknown adversarial norm {self.adv!r}; choose l2 or linf"),
-            (self.eps >= 0, f"eps must be >= 0, got {self.eps}"),
-            (self.attack_steps >= 1, f"attack steps must be at least 1, got {self.attack_steps}"),
-            (self.attack_step_size > 0, f"attack step size must be positive, got {self.attack_step_size}"),
-            (self.attack_start in ("none", "sphere", "ball", "radius", "box"),
-             f"unknown random start {self.attack_start!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-    def lr_at(self, epoch: int, iteration: int, iterations_per_epoch: int) -> float:
-        """Learning rate for this iteration of this epoch."""
-        if self.schedule == "step":
-            return self.lr * self.lr_gamma ** sum(epoch >= m for m in self.lr_milestones)
-        progress = (epoch * iterations_per_epoch + iteration) / (self.epochs * iterations_per_epoch)
-        warm = 0.2
-        return self.lr * (progress / warm if progress < warm else (1 - progress) / (1 - warm))
+# The robustness library keeps the checkpoint with the best adversarial accuracy on the test
+# set; advfeat keeps the last epoch's, so that no reported test number was used to choose it.
+CHECKPOINT_RULE = "last epoch (no selection on the test set)"
 
 
 # Settings that may change between an interrupted run and its --resume.
 RESUMABLE_CHANGES = {"epochs", "eval_every", "compile", "lr_milestones"}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def model_card(config: TrainConfig, dataset: Dataset, model, history: list[dict], device: torch.device) -> dict:
@@ -115,6 +53,7 @@ def model_card(config: TrainConfig, dataset: Dataset, model, history: list[dict]
         "robust": robust,
         "data": dataset.source,
         "config": asdict(config),
+        "checkpoint": CHECKPOINT_RULE,
         "epochs_done": len(history),
         "metrics": history[-1] if history else {},
         "git_commit": git_commit(),
@@ -228,7 +167,7 @@ def train(config: TrainConfig, dataset: Dataset, out_dir: Path | str, *, device:
     perturb = adversarial_perturbation(config, device)
     train_loader = make_loader(dataset, "train", loader=config.loader, batch_size=config.batch_size, device=device,
                                shuffle=True, augment=config.augment, seed=config.seed)
-    test_loader = make_loader(dataset, "test", loader="tensor", batch_size=500, device=device)
+    test_loader = make_loader(dataset, "test", loader="tensor", batch_size=config.batch_size, device=device)
     for epoch in range(len(history), config.epochs):
         stats = {"epoch": epoch + 1, "lr": config.lr_at(epoch, 0, len(train_loader))}
         stats |= train_epoch(model, forward, train_loader, optimizer, config, epoch, device, perturb, progress)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from advfeat.pipelines.arrays import Split
-from advfeat.synthesis import SynthSettings, sample_plan, synthesize_shard
+from advfeat.settings import SynthSettings
+from advfeat.synthesis import sample_plan, synthesize_shard
 from bench_attacks import model_for
 
 CPU_CASES, CPU_STEPS, CPU_ROUNDS = [("tiny", 128)], 10, 3
@@ -68,8 +69,8 @@ def run_synthesis(benchmark, measure, impl: str, kind: str, arch: str, batch: in
     benchmark.group = group
     model = model_for(impl, arch, device)
     train = split_of(batch)
-    settings = SynthSettings.preset(kind, steps=steps, batch_size=batch, shard_size=batch)
-    plan = sample_plan(kind, train.labels, model.num_classes, seed=0)
+    settings = SynthSettings.of(kind, steps=steps, batch_size=batch, shard_size=batch)
+    plan = sample_plan(settings, train.labels, model.num_classes)
     if impl == "baseline":
         x = torch.from_numpy(train.images).to(device).float().div(255)
         if settings.inversion:

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from advfeat.training import device_name
+from advfeat.runtime import device_name
 
 # Shown in the closing summary, in this order, when a benchmark recorded them.
 SUMMARY_KEYS = ("image_steps_per_s", "images_per_s", "ratio_vs_baseline", "bf16_peak_fraction", "cpu_s_per_s")

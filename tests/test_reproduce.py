@@ -1,104 +1,172 @@
-"""A reduced smoke reproduction: every stage runs, a crash resumes without recomputing
-finished stages, a rerun recomputes nothing, and the report has every row with a number."""
+"""Reproduce: a reduced run of every stage for two seeds; crash-resume; reuse across reruns, a
+moved folder and another working directory; what a setting or a code change reruns; every model
+call batched; the report's rows, claims and figures; dry-run estimates; presets; bad input."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
+import torch
 
 import advfeat.reproduce as reproduce_module
-from advfeat.presets import SMOKE_PRESET, get_preset
-from advfeat.report import ROWS
+import advfeat.reproduce.stages as stages_module
+from advfeat.claims import CLAIMS
 from advfeat.errors import UserError
+from advfeat.models.classifier import Classifier
+from advfeat.presets import PRESETS, SMOKE_PRESET, get_preset
+from advfeat.report import ROWS
+from advfeat.settings import AttackSpec
 
 from conftest import run_cli
 
+BATCH = 64  # every model call in the reduced run must stay within this
 
-def reduced_preset():
-    fast_train = dict(epochs=1, lr=0.2, batch_size=100, schedule="onecycle")
+
+def reduced_preset(seeds: int = 2):
+    fast = replace(SMOKE_PRESET.standard, epochs=1, batch_size=BATCH)
     return dataclasses.replace(
-        SMOKE_PRESET, subset=300, test_subset=100,
-        standard=fast_train, robust=dict(fast_train, adv="l2", eps=0.5, attack_steps=2, attack_step_size=0.25),
-        synth={k: dict(v, steps=3, shard_size=150) for k, v in SMOKE_PRESET.synth.items()},
-        train_on={k: dict(v, epochs=1, batch_size=100) for k, v in SMOKE_PRESET.train_on.items()},
-        attack=dict(name="pgd-l2", steps=2), strong_attack=dict(name="pgd-l2", steps=3, restarts=2),
-        cw_attack=dict(name="cw-l2", steps=5, cw_binary_steps=2), strong_subset=40,
-        transfer_archs=["tiny"], transfer_train=fast_train, transfer_images=100)
+        SMOKE_PRESET, subset=300, test_subset=200, seeds=seeds,
+        standard=fast, robust=replace(fast, adv="l2", eps=0.5, attack_steps=2, attack_step_size=0.25),
+        synth={k: replace(v, steps=3, shard_size=150, batch_size=BATCH) for k, v in SMOKE_PRESET.synth.items()},
+        train_on={k: replace(v, epochs=1, batch_size=BATCH) for k, v in SMOKE_PRESET.train_on.items()},
+        attack=AttackSpec(steps=2, batch_size=BATCH), strong_attack=AttackSpec(steps=3, restarts=2, batch_size=BATCH),
+        cw_attack=AttackSpec(name="cw-l2", steps=5, cw_binary_steps=2, batch_size=BATCH), strong_subset=40,
+        transfer_archs=("tiny", "small"), transfer_train=fast, transfer_images=100)
 
 
-def test_reduced_smoke_pipeline_runs_resumes_and_reports(shared_data, tmp_path, monkeypatch):
-    preset, out = reduced_preset(), tmp_path / "repro"
+@pytest.fixture(scope="module")
+def reduced_run(shared_data, tmp_path_factory):
+    """The reduced preset run once with a crash in the middle, then resumed; every model call's
+    batch recorded by a global forward hook; the dry-run estimate taken before."""
+    preset, out = reduced_preset(), tmp_path_factory.mktemp("repro") / "run"
     quiet = lambda message: None  # noqa: E731
-
-    # 1. Crash in the middle of the evaluations.
-    real = reproduce_module.robust_accuracy
-    calls = []
+    estimate = reproduce_module.dry_run(preset, str(shared_data), out, log=quiet)
+    batches = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, args: batches.append(args[0].shape[0]) if isinstance(m, Classifier) and args else None)
+    real, calls = stages_module.robust_accuracy, []
 
     def crashing(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 8:
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reproduce_module, "robust_accuracy", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
-    monkeypatch.setattr(reproduce_module, "robust_accuracy", real)
-    assert not (out / "report.md").exists()
+    try:
+        mp = pytest.MonkeyPatch()
+        mp.setattr(stages_module, "robust_accuracy", crashing)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
+        mp.undo()
+        assert not (out / "report.md").exists()
+        first = reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
+    finally:
+        hook.remove()
+    return {"preset": preset, "out": out, "first": first, "batches": batches, "estimate": estimate}
 
-    # 2. The rerun reuses everything that had finished, and completes.
-    first = reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
-    reused = {s["name"] for s in first["stages"] if s["cached"]}
-    assert {"train-standard", "train-robust", "synth-r", "synth-nr", "synth-rand", "synth-det",
-            "train-on-r", "train-on-nr", "train-on-rand", "train-on-det", "eval-standard", "eval-strong-standard",
-            "eval-cw-standard"} <= reused
-    assert "eval-robust" not in reused  # the stage that crashed ran again
 
-    # 3. A third run recomputes nothing and reports the same numbers.
-    second = reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
+def test_resume_reuses_what_finished_and_a_rerun_recomputes_nothing(reduced_run, shared_data):
+    first, out, preset = reduced_run["first"], reduced_run["out"], reduced_run["preset"]
+    reused = {s["id"] for s in first["stages"] if s["cached"]}
+    assert {"train-standard@0", "train-robust@0", "synth-det@0", "train-on-det@0", "eval-standard@0"} <= reused
+    assert "eval-r@0" not in reused  # the crash hit in the third evaluation: it ran again
+    second = reproduce_module.reproduce(preset, str(shared_data), out, log=lambda m: None)
     assert all(s["cached"] for s in second["stages"])
-    assert second["rows"] == first["rows"]
+    assert second["rows"] == first["rows"] and second["claims"] == first["claims"]
 
-    # The report: every row, each with a number.
+
+def test_a_moved_folder_and_another_working_directory_reuse_every_stage(reduced_run, shared_data, tmp_path,
+                                                                        monkeypatch):
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(reduced_run["out"], moved)
+    monkeypatch.chdir(tmp_path)
+    report = reproduce_module.reproduce(reduced_run["preset"], str(shared_data), "elsewhere/run", log=lambda m: None)
+    assert all(s["cached"] for s in report["stages"])
+
+
+def test_a_code_change_or_a_setting_reruns_only_what_depends_on_it(reduced_run, shared_data, monkeypatch, tmp_path):
+    import advfeat.reproduce.pipeline as pipeline
+
+    preset = reduced_run["preset"]
+    moved = tmp_path / "run"
+    shutil.copytree(reduced_run["out"], moved)
+    changed = dataclasses.replace(preset, synth=dict(preset.synth, det=replace(preset.synth["det"], steps=4)))
+    plan = reproduce_module.dry_run(changed, str(shared_data), moved, rates=reduced_run["estimate"]["rates"],
+                                    log=lambda m: None)
+    todo = {r["stage"] for r in plan["stages"] if r["status"] != "done"}
+    assert {"synth-det@0", "train-on-det@0", "eval-det@0", "fig3-det-tiny@0", "fig3@1"} <= todo
+    assert not todo & {"train-standard@0", "train-robust@1", "synth-r@0", "synth-rand@1", "eval-standard@0",
+                       "eval-r@1", "fig3-d-small@0", "theory"}
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "a bug fix")
+    plan = reproduce_module.dry_run(preset, str(shared_data), moved, rates=reduced_run["estimate"]["rates"],
+                                    log=lambda m: None)
+    assert all(r["status"] == "todo" for r in plan["stages"])
+
+
+def test_every_model_call_respects_the_batch_size(reduced_run):
+    batches = reduced_run["batches"]
+    assert batches and max(batches) <= BATCH, max(batches)  # the test split (200) and the subset (300) are larger
+
+
+def test_report_rows_claims_and_figures(reduced_run):
+    out = reduced_run["out"]
     report = json.loads((out / "report.json").read_text())
     assert [r["key"] for r in report["rows"]] == [key for key, _ in ROWS]
     for row in report["rows"]:
-        for column in ("clean", "robust@0.25", "robust@0.5", "subset_robust@0.25", "strong_robust@0.25",
-                       "cw_robust@0.25", "worst_robust@0.25"):
-            assert isinstance(row[column], float) and 0 <= row[column] <= 1, (row["key"], column)
-        # An image survives the worst case only if it survived every attack.
-        assert row["worst_robust@0.25"] <= min(row["subset_robust@0.25"], row["strong_robust@0.25"],
-                                               row["cw_robust@0.25"]) + 1e-6  # accuracies are float32 means
+        for column in ("clean", "robust@0.25", "robust@0.5", "subset@0.25", "strong@0.25", "cw@0.25", "worst@0.25"):
+            c = row[column]
+            assert 0 <= c["low"] <= c["estimate"] <= c["high"] <= 1 or c["low"] < 0, (row["key"], column, c)
+            assert c["n"] == 2 and "t interval" in c["method"]
+    det = next(r for r in report["rows"] if r["key"] == "det")
+    assert det["shifted"] is not None, "Appendix D.6: the y+1 accuracy of the D_det model"
+    assert [c["id"] for c in report["claims"]] == [c.id for c in CLAIMS]
+    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in report["claims"])
+    fig3 = next(c for c in report["claims"] if c["id"] == "transfer-tracks-learnability")
+    assert fig3["parts"][0]["interval"]["n"] == 4  # 2 architectures x 2 seeds
     text = (out / "report.md").read_text()
     for _, label in ROWS:
         line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
-        assert any(cell.strip().replace(".", "").isdigit() for cell in line.split("|")[2:])
-    for figure in ("inversion.png", "targeted.png", "figure2b.png", "figure3.png"):
+        assert line.count("[") >= 3, line  # clean and two robust accuracies, each with its interval
+    for claim in CLAIMS:
+        assert claim.statement in text
+    for figure in ("inversion.png", "targeted.png", "figure2b.png", "figure3.png", "gaussian_contours.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
-    assert "theory" in text.lower() or "Gaussian" in text
-    assert report["transfer"][0]["arch"] == "tiny"
+    assert {p["arch"] for p in report["figure3"]} == {"tiny", "small"}
 
 
-def test_changing_a_setting_reruns_only_what_depends_on_it(shared_data, tmp_path):
-    preset, out = reduced_preset(), tmp_path / "repro"
-    quiet = lambda message: None  # noqa: E731
-    reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
-    changed = dataclasses.replace(preset, synth=dict(preset.synth, det=dict(preset.synth["det"], steps=4)))
-    report = reproduce_module.reproduce(changed, str(shared_data), out, log=quiet)
-    ran = {s["name"] for s in report["stages"] if not s["cached"]}
-    assert "synth-det" in ran and "train-on-det" in ran and "eval-det" in ran
-    assert not ran & {"train-standard", "train-robust", "synth-r", "synth-nr", "synth-rand", "train-on-r",
-                      "eval-standard", "eval-r"}
+def test_dry_run_estimate_is_within_a_factor_of_two_of_the_real_stage_times(reduced_run):
+    estimate = {r["stage"]: r["seconds"] for r in reduced_run["estimate"]["stages"]}
+    real = {s["id"]: s["seconds"] for s in reduced_run["first"]["stages"] if not s["cached"]}
+    real |= {s["id"]: s["seconds"] for s in reduced_run["first"]["stages"] if s["id"] not in real}
+    stages = [s for s in estimate if s != "theory"]
+    total_estimate, total_real = sum(estimate[s] for s in stages), sum(real[s] for s in stages)
+    assert 0.5 <= total_estimate / total_real <= 2.0, (total_estimate, total_real)
+
+
+def test_every_preset_is_built_and_checked_when_loaded():
+    assert {"smoke", "cpu", "fast", "paper"} <= set(PRESETS)
+    paper = get_preset("paper")
+    assert paper.arch == "resnet50" and paper.standard.augment == "library"
+    assert paper.synth["r"].fake_relu and paper.synth["rand"].targets == "uniform" and paper.synth["r"].steps == 1000
+    assert paper.train_on["det"].augment == "none"
+    assert set(paper.transfer_archs) == {"resnet50", "resnet18", "vgg16", "densenet121", "inceptionv3"}
+    with pytest.raises(UserError, match="unknown model 'resnet51'"):
+        replace(paper.standard, arch="resnet51")  # a typo fails when the preset is built, not hours later
+    with pytest.raises(UserError, match="unknown model"):
+        dataclasses.replace(paper, transfer_archs=("resnet50", "inception"))
+    with pytest.raises(UserError, match="seeds must be at least 1"):
+        paper.with_seeds(0)
 
 
 def test_bad_reproduce_input(tmp_path):
     with pytest.raises(UserError, match="unknown preset"):
         get_preset("huge")
-    code, _, err = run_cli("reproduce", "--preset", "fast", "--out", str(tmp_path / "o"),
-                           "--data", str(tmp_path / "missing"))
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "needs a GPU" in err or "does not exist" in err
-    code, _, err = run_cli("reproduce", "--preset", "smoke", "--out", str(tmp_path / "o"), "--gpus", "0")
-    assert code == 2 and "--gpus" in err
+    for args, needle in ((["--preset", "fast"], "needs a GPU"), (["--preset", "cpu", "--gpus", "2"], "--gpus 2"),
+                         (["--preset", "cpu", "--seeds", "0"], "--seeds must be at least 1"),
+                         (["--preset", "smoke", "--gpus", "0"], "--gpus")):
+        code, _, err = run_cli("reproduce", *args, "--out", str(tmp_path / "o"), "--data", str(tmp_path / "missing"))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

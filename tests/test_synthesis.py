@@ -16,28 +16,46 @@ import torch
 from safetensors.numpy import load_file
 
 from advfeat.pipelines import load_dataset
+from advfeat.settings import SynthSettings
 from advfeat.synthesis import sample_plan
+from advfeat.synthesis.plan import noise_starts
 
 from conftest import run_cli
 
 
+def _chi2(counts: np.ndarray) -> float:
+    return float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+
+
 def test_plan_labels_det_rand_and_start_images():
     labels = np.random.default_rng(0).integers(0, 10, 20000)
-    det = sample_plan("det", labels, 10, seed=0)
+    plan = lambda kind, seed=0, **kw: sample_plan(SynthSettings.of(kind, seed=seed, **kw), labels, 10)  # noqa: E731
+    det = plan("det")
     assert (det["new_labels"] == (labels + 1) % 10).all()
-    rand = sample_plan("rand", labels, 10, seed=0)
-    assert (rand["target"] != labels).all()
-    # Roughly uniform over the nine other classes: chi-square with 8 dof well below 40.
+    # The paper's D_rand: t uniform over all ten classes, so t = y about a tenth of the time
+    # and t - y uniform over 0..9 (chi-square with 9 dof well below 40).
+    rand = plan("rand")
     offsets = (rand["target"] - labels) % 10
-    counts = np.bincount(offsets, minlength=10)[1:]
-    chi2 = ((counts - counts.mean()) ** 2 / counts.mean()).sum()
-    assert chi2 < 40, counts
-    inv = sample_plan("r", labels, 10, seed=0)
+    assert 0.08 < (offsets == 0).mean() < 0.12 and _chi2(np.bincount(offsets, minlength=10)) < 40
+    other = plan("rand", targets="other")
+    assert (other["target"] != labels).all()
+    assert _chi2(np.bincount((other["target"] - labels) % 10, minlength=10)[1:]) < 40
+    inv = plan("r")
     assert (inv["start_index"] != np.arange(len(labels))).all() and inv["start_index"].max() < len(labels)
     assert (inv["new_labels"] == labels).all()
-    again = sample_plan("rand", labels, 10, seed=0)["target"]
-    other = sample_plan("rand", labels, 10, seed=1)["target"]
-    assert (again == rand["target"]).all() and not (other == rand["target"]).all()
+    assert (plan("nr")["start_index"] == inv["start_index"]).all(), "D_R and D_NR start from the same images"
+    assert "start_index" not in plan("r", start="noise")
+    again, reseeded = plan("rand")["target"], plan("rand", seed=1)["target"]
+    assert (again == rand["target"]).all() and not (reseeded == rand["target"]).all()
+
+
+def test_noise_starts_are_the_authors_and_do_not_depend_on_the_shard_layout():
+    whole = noise_starts(3, range(0, 10), (3, 32, 32))
+    halves = np.concatenate([noise_starts(3, range(0, 4), (3, 32, 32)), noise_starts(3, range(4, 10), (3, 32, 32))])
+    np.testing.assert_array_equal(whole, halves)
+    assert whole.min() >= 0 and whole.max() <= 1
+    assert abs(whole.mean() - 0.5) < 0.01 and abs(whole.std() - 0.05) < 0.005  # N(0.5, (1/20)^2), clamped
+    assert not np.array_equal(noise_starts(4, range(0, 10), (3, 32, 32)), whole)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +90,11 @@ def test_targeted_kinds(kind, standard_model, shared_data, tmp_path):
     index = np.concatenate([p["position"] for p in parts])
     np.testing.assert_array_equal(np.concatenate([p["source_index"] for p in parts]), source.train.source_index[index])
     y = source.train.labels[index]
+    np.testing.assert_array_equal(np.concatenate([p["orig_labels"] for p in parts]), y)
     if kind == "det":
         assert (labels == (y + 1) % 10).all()
     else:
-        assert (labels != y).all()
+        assert 0 < (labels == y).mean() < 0.25 and card["settings"]["targets"] == "uniform"
     images = np.concatenate([p["images"] for p in parts])
     x = source.train.images[index].astype(np.float32) / 255
     norms = np.linalg.norm((images - x).reshape(len(x), -1), axis=1)
@@ -114,6 +133,32 @@ def test_inversion_matches_features_and_keeps_labels(standard_model, shared_data
     differ = pred_x != pred_x0
     assert (pred_z == pred_x).float().mean() > 0.8
     assert (pred_z[differ] == pred_x[differ]).float().mean() > 0.7
+
+
+def test_linf_targeted_dataset_stays_in_the_box(standard_model, shared_data, tmp_path):
+    eps = 16 / 255
+    out, card, _ = synth(tmp_path, "det-linf", "--kind", "det", "--norm", "linf", "--model", str(standard_model),
+                         "--data", str(shared_data), "--subset", "100", "--steps", "10", "--eps", str(eps),
+                         "--step-size", str(4 / 255), "--storage", "float32")
+    source = load_dataset(shared_data, subset=100)
+    parts = shards(out)
+    index = np.concatenate([p["position"] for p in parts])
+    delta = np.concatenate([p["images"] for p in parts]) - source.train.images[index].astype(np.float32) / 255
+    assert np.abs(delta).max() <= eps + 1e-6 and np.abs(delta).max() > eps / 2
+    assert card["settings"]["norm"] == "linf" and card["stats"]["perturbation_norm"]["max"] <= eps + 1e-6
+    assert card["stats"]["target_success"] > 0.3, card["stats"]
+
+
+def test_inversion_from_noise_and_fake_relu_are_recorded(standard_model, shared_data, tmp_path):
+    out, card, _ = synth(tmp_path, "r-noise", "--kind", "nr", "--start", "noise", "--model", str(standard_model),
+                         "--data", str(shared_data), "--subset", "50", "--steps", "30")
+    assert card["settings"]["start"] == "noise" and card["settings"]["fake_relu"] is True
+    assert "start_index" not in shards(out)[0]
+    stats = card["stats"]
+    assert stats["final_distance"]["mean"] < stats["initial_distance"]["mean"] / 2, stats
+    _, plain, _ = synth(tmp_path, "r-relu", "--kind", "nr", "--no-fake-relu", "--model", str(standard_model),
+                        "--data", str(shared_data), "--subset", "50", "--steps", "30")
+    assert plain["settings"]["fake_relu"] is False
 
 
 def test_same_dataset_for_any_worker_count_and_batch_size(standard_model, shared_data, tmp_path):
@@ -190,6 +235,10 @@ def test_bad_synthesis_input(standard_model, shared_data, tmp_path):
                           (["--kind", "det", "--gpus", "0"], "--gpus must be at least 1")):
         code, _, err = run_cli(*base, *extra, "--out", str(tmp_path / "x"))
         assert code == 2 and needle in err, err
+    for extra, needle in ((["--kind", "r", "--norm", "linf"], "L2 only"), (["--kind", "rand", "--targets", "all"],
+                                                                          "invalid choice")):
+        code, _, err = run_cli(*base, *extra, "--out", str(tmp_path / "x"))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     # A standard model for D_R is allowed, with a warning.
     code, _, err = run_cli(*base, "--kind", "r", "--out", str(tmp_path / "r"))
     assert code == 0 and "warning" in err and "robust" in err, err

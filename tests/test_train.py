@@ -129,7 +129,7 @@ def test_bad_training_input(case, shared_data, tmp_path):
         "unknown-arch": (["--arch", "resnet51"], "unknown model"),
         "missing-data": (["--data", str(tmp_path / "nope")], "does not exist"),
         "negative-eps": (["--adv", "l2", "--eps", "-0.5"], "eps must be >= 0"),
-        "zero-epochs": (["--epochs", "0"], "epochs must be at least 1"),
+        "zero-epochs": (["--epochs", "0"], "--epochs: must be at least 1"),
         "bad-device": (["--device", "cuda:7"], "cuda"),
         "nothing-to-resume": (["--resume"], "nothing to resume"),
     }

@@ -8,5 +8,6 @@ from advfeat.attacks.threats import L2Threat, LinfThreat, ThreatModel, make_thre
 
 __all__ = [
     "AttackResult", "CWResult", "CustomObjective", "L2Threat", "LinfThreat", "MatchFeatures", "Misclassify",
-    "Objective", "ReachTarget", "ThreatModel", "cw_l2", "frozen", "frozen_view", "make_threat", "pgd", "training_attack",
+    "Objective", "ReachTarget", "ThreatModel", "cw_l2", "frozen", "frozen_view", "make_threat", "pgd",
+    "training_attack",
 ]

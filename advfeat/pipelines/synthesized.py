@@ -144,3 +144,26 @@ def attach_test_split(dataset: Dataset, test_data: str | Path | None, load) -> D
     dataset.test = real.test
     dataset.source["test"] = {k: real.source.get(k) for k in ("format", "path", "digest")}
     return dataset
+
+
+def label_shift(path: Path | str, num_classes: int = 10) -> tuple[int | None, str]:
+    """The shift k with label = (orig_label + k) mod C for every image of an advfeat dataset
+    (k = 1 for D_det), and a note. (None, why) when the labels are no such shift (D_rand) or
+    when the dataset predates orig_labels (format 1): Appendix D.6 is then skipped."""
+    path = Path(path)
+    try:
+        card = read_json(path / CARD)
+    except (OSError, json.JSONDecodeError):
+        return None, f"{path} is not an advfeat dataset"
+    first = read_shard(path / SHARD_PATTERN.format(0))
+    if first is None or "orig_labels" not in first:
+        return None, f"{path.name}: its shards hold no orig_labels (written before advfeat format 2)"
+    shifts = set()
+    for shard in range(card["shards"]):
+        arrays = read_shard(path / SHARD_PATTERN.format(shard))
+        if arrays is None:
+            return None, f"{path.name}: shard {shard} is missing or damaged"
+        shifts |= set(np.unique((arrays["labels"] - arrays["orig_labels"]) % num_classes).tolist())
+    if len(shifts) != 1:
+        return None, f"{path.name}: labels are not a fixed shift of the original labels"
+    return int(shifts.pop()), "labels are (orig_labels + k) mod C"

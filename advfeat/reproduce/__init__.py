@@ -1,0 +1,107 @@
+"""`advfeat reproduce`: the paper end to end, as content-addressed stages, for every seed.
+
+    pipeline.py   stage keys, folders, reuse and resume
+    plan.py       the stages of a preset
+    stages.py     what each stage does
+    estimate.py   work and time estimates (--dry-run)
+The report (advfeat.report) turns the stages' results into tables, judged claims and figures.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from advfeat.errors import UserError
+from advfeat.pipelines import load_dataset
+from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard
+from advfeat.presets import Preset
+from advfeat.reproduce.pipeline import Pipeline
+from advfeat.reproduce.plan import plan_stages
+from advfeat.reproduce.stages import DATASET, Sources
+from advfeat.runtime import device_name, resolve_device
+from advfeat.settings import KINDS
+
+__all__ = ["dry_run", "prepare", "reproduce"]
+
+
+def check_devices(preset: Preset, device: str, gpus: int) -> torch.device:
+    """The device a reproduction runs on; a missing GPU is a one-line error."""
+    if gpus < 1:
+        raise UserError(f"--gpus must be at least 1, got {gpus}")
+    torch_device = resolve_device(device)
+    if torch_device.type == "cpu" and preset.needs_gpu and device == "auto":
+        raise UserError(f"preset {preset.name} needs a GPU (no CUDA device found); use --preset cpu (the paper's "
+                        f"claims in under 30 minutes on a CPU), or --device cpu to run it on the CPU anyway")
+    if torch_device.type == "cpu" and gpus > 1:
+        raise UserError(f"--gpus {gpus} asks for {gpus} GPUs, but this run is on the CPU (no CUDA device found)")
+    if torch_device.type == "cuda" and gpus > torch.cuda.device_count():
+        raise UserError(f"--gpus {gpus} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    if torch_device.type == "cuda" and torch_device.index is not None and gpus > 1:
+        raise UserError(f"--device {device} names one GPU, but --gpus {gpus} needs {gpus}; use --device cuda")
+    return torch_device
+
+
+def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
+            log: Callable[[str], None] | None = None) -> tuple[Pipeline, Sources, torch.device]:
+    """Check the devices, find the data, plan the stages and key them."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    torch_device = check_devices(preset, device, gpus)
+    source = load_dataset(data)  # reads (or decodes once into the cache) the source data
+    sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device)
+    # Synthesis workers take the GPU of their rank; a single worker takes the one named.
+    worker_device = device if gpus == 1 else torch_device.type
+    stages = plan_stages(preset, sources, torch_device, worker_device, gpus, log)
+    return Pipeline(Path(out), stages, source.source["digest"], log), sources, torch_device
+
+
+def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
+              log: Callable[[str], None] | None = None) -> dict:
+    """Run (or resume) every stage of the preset, then write the report; returns its data."""
+    started = time.perf_counter()
+    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, log=log)
+    pipeline.out.mkdir(parents=True, exist_ok=True)
+    pipeline.run_all()
+    from advfeat.report import write_report
+
+    results = {"preset": preset.to_dict(), "data": {"path": sources.path, "digest": pipeline.data_digest},
+               "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
+               "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
+               "total_seconds": round(time.perf_counter() - started, 2)}
+    return write_report(pipeline.out, results, samples=sample_images(pipeline, sources))
+
+
+def dry_run(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
+            rates: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """The stages a run would execute, which are done, their work and an estimated time."""
+    from advfeat.reproduce.estimate import estimate_plan
+
+    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, log=lambda message: None)
+    return estimate_plan(pipeline, preset, sources, torch_device, rates=rates, log=log)
+
+
+def sample_images(pipeline: Pipeline, sources: Sources, n: int = 8) -> dict:
+    """n examples of each of seed 0's datasets, spread over the classes, beside their originals."""
+    samples = {}
+    train = sources.train_data(0).train
+    for kind in KINDS:
+        folder = pipeline.folder(f"synth-{kind}@0") / DATASET
+        first = read_shard(folder / SHARD_PATTERN.format(0))
+        if first is None:
+            continue
+        size = len(first["labels"])
+        picks = np.linspace(0, size - 1, n).astype(int)
+        images = first["images"][picks]
+        entry = {"synthesized": images.astype(np.float32) / (255 if images.dtype == np.uint8 else 1),
+                 "original": train.images[first["position"][picks]].astype(np.float32) / 255,
+                 "labels": first["labels"][picks]}
+        if "start_index" in first:
+            entry["start"] = train.images[first["start_index"][picks]].astype(np.float32) / 255
+        samples[kind] = entry
+    return samples
+
