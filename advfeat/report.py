@@ -402,7 +402,7 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     evals = {key: by_seed(stage_results, f"eval-{key}") for key, _ in ROWS}
     fig3_raw = by_seed(stage_results, "fig3")
     outcomes = Outcomes(evals, fig3_raw)
-    claims = judge(outcomes)
+    claims = judge(outcomes, results["preset"]["claim_eps"])
     rows = table_rows(evals, results["preset"]["eps"])
     fig3 = figure3_points(fig3_raw)
     correlation = outcomes.transfer_correlation()

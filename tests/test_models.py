@@ -11,7 +11,7 @@ from advfeat.models import create_model, model_names
 from advfeat.models.classifier import FakeReLU, FinalActivation
 
 FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "vgg16": 512, "densenet121": 1024, "googlenet": 1024,
-                "inceptionv3": 2048, "small": 128, "tiny": 64}
+                "inceptionv3": 2048, "small": 128, "mid": 128, "tiny": 64, "mlp": 512}
 FIGURE_3_ARCHS = {"resnet50", "resnet18", "vgg16", "densenet121", "inceptionv3"}
 
 
@@ -109,7 +109,7 @@ def inactive_feature(model, x) -> int:
     hook.remove()
     pre = seen["pre"][0]
     assert pre.shape[0] == model.feature_dim  # pooling keeps channels: channel c is feature c
-    off = (pre < 0).flatten(1).all(1).nonzero().flatten()
+    off = (pre < 0).reshape(pre.shape[0], -1).all(1).nonzero().flatten()  # (C, H, W) or (C,) for the MLP
     assert len(off), "no inactive channel: does the trunk stop before its last ReLU?"
     unit = int(off[0])
     assert features[0, unit] == 0

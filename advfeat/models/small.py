@@ -4,7 +4,9 @@ Conv-BN-ReLU stages, each ending in a 2x2 max-pool, then a global average pool; 
 activation is the last conv-BN's ReLU, before the last max-pool. Not in the paper; they
 exist so that every path of advfeat runs end to end without a GPU.
 - small: widths (32, 64, 128), two convs a stage, ~0.29 M weights.
-- tiny:  widths (16, 32, 64), one conv a stage, ~0.02 M weights: for unit tests.
+- mid:   widths (32, 64, 128), one conv a stage, ~0.09 M weights: a wider tiny (Figure 3 at CPU scale).
+- tiny:  widths (16, 32, 64), one conv a stage, ~0.02 M weights: the CPU presets' source model.
+- mlp:   two hidden layers of 512 on the raw pixels: no convolutions at all (Figure 3 at CPU scale).
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ def conv_net(num_classes: int, widths: tuple[int, ...], convs_per_stage: int) ->
 @register_model("small")
 def small(num_classes: int = 10) -> Classifier:
     return conv_net(num_classes, (32, 64, 128), convs_per_stage=2)
+
+
+@register_model("mid")
+def mid(num_classes: int = 10) -> Classifier:
+    return conv_net(num_classes, (32, 64, 128), convs_per_stage=1)
+
+
+@register_model("mlp")
+def mlp(num_classes: int = 10, width: int = 512) -> Classifier:
+    layers = [nn.Flatten(), nn.Linear(3 * 32 * 32, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+              nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+    trunk, neck = split_at_last_relu(layers)
+    return Classifier(trunk, neck, width, num_classes)
 
 
 @register_model("tiny")
