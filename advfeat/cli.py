@@ -149,6 +149,7 @@ def _eval(args: argparse.Namespace) -> None:
               "data": dataset.source, "device": device_name(device),
               "clean": accuracy_report(predict_tensor(model, x, args.batch_size).cpu(), y.cpu(), dataset.classes)}
     print(f"{card['arch']} on {len(y)} test images: clean accuracy {result['clean']['accuracy']:.4f}")
+    _appendix_d6(model, card, x, y, args.batch_size, result)
     if spec is not None:
         result["attack"] = robust_accuracy(model, x, y, args.eps, spec, seed=args.seed, progress=not args.quiet)
         for row in result["attack"]["robust"]:
@@ -159,6 +160,26 @@ def _eval(args: argparse.Namespace) -> None:
             print(f"  warning: {warning}")
     if out:
         write_json(out, result)
+
+
+def _appendix_d6(model, card: dict, x, y, batch_size: int, result: dict) -> None:
+    """A model trained on a dataset whose labels shift the originals (D_det): its accuracy on
+    the test set relabelled the same way (the paper's Appendix D.6), beside the true labels."""
+    from advfeat.evaluation import predict_tensor
+    from advfeat.pipelines.synthesized import label_shift
+
+    source = card.get("data", {})
+    if source.get("format") != "advfeat-dataset":
+        return
+    shift, note = label_shift(source.get("path", ""), model.num_classes)
+    if not shift:
+        print(f"  Appendix D.6 skipped: {note}")
+        result["appendix_d6"] = {"skipped": note}
+        return
+    shifted = (y + shift) % model.num_classes
+    accuracy = float((predict_tensor(model, x, batch_size) == shifted).float().mean())
+    result["appendix_d6"] = {"label_shift": shift, "shifted_accuracy": accuracy}
+    print(f"  on the test set relabelled (y + {shift}) mod {model.num_classes} (Appendix D.6): {accuracy:.4f}")
 
 
 def _add_eval(sub) -> None:

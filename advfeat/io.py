@@ -1,7 +1,9 @@
 """Atomic file writes: a reader (or a kill -9) never sees half a file.
 
 Everything advfeat writes goes to a temporary file in the destination folder, is flushed
-to disk, then renamed over the destination: the rename is atomic on POSIX filesystems.
+to disk, given ordinary permissions (0666 less the umask, as open() would; the temporary
+file is created 0600), then renamed over the destination: the rename is atomic on POSIX
+filesystems. This module is the one writer: JSON, figures and shards all go through it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,23 @@ def atomic_path(dest: Path | str) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_figure(fig, dest: Path | str, dpi: int = 130) -> None:
+    """A matplotlib figure, written atomically; the format comes from dest's suffix."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=dest.suffix.lstrip(".") or "png")
 
 
 def write_json(dest: Path | str, obj) -> None:

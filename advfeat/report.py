@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from advfeat.claims import Outcomes, judge
-from advfeat.io import atomic_path, write_json
+from advfeat.io import atomic_path, save_figure, write_json
 from advfeat.pipelines import CIFAR10_CLASSES
 from advfeat.reference import D6_REPLICATION, FIGURE3, FIGURE3_SOURCE, PAPER_SETTING, paper
 from advfeat.stats import LEVEL, mean_interval, wilson_interval
@@ -148,7 +148,7 @@ def draw_inversion_grid(samples: dict, path: Path) -> None:
         _show(axes[i, 2], samples["nr"]["synthesized"][i], "D_NR: standard" if i == 0 else None)
         _show(axes[i, 3], samples["r"]["synthesized"][i], "D_R: robust" if i == 0 else None)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -164,7 +164,7 @@ def draw_targeted_grid(samples: dict, path: Path) -> None:
             _show(axes[row, 2 * i + 1], s["synthesized"][i], f"-> {CIFAR10_CLASSES[int(s['labels'][i])]}")
         axes[row, 0].set_ylabel(f"D_{kind}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -200,7 +200,7 @@ def draw_bars(rows: list[dict], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -229,7 +229,7 @@ def draw_transfer(points: list[dict], correlation: dict | None, path: Path) -> N
     ax.set_ylabel("Transfer success rate (%)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path)
     plt.close(fig)
 
 

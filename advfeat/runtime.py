@@ -14,9 +14,10 @@ from advfeat.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> the first GPU if there is one, else the CPU; a missing GPU is a user error."""
+    """'auto' -> $ADVFEAT_DEVICE if set (the test suite pins itself to the CPU so), else the first
+    GPU if there is one, else the CPU. A missing GPU is a user error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = os.environ.get("ADVFEAT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -7,16 +7,21 @@ Each group `pgd-l2-<device> <arch> b<batch> x<steps>` holds:
 - baseline: the loop of torchattacks' PGDL2 / the robustness library (weights left
   trainable, mean cross-entropy, autograd.grad w.r.t. the input, one torch op per
   normalize / step / project / clamp; fp32, NCHW, eager);
-- advfeat: `pgd(...)` with its defaults (frozen weights; on CUDA bf16 autocast,
-  channels_last and the fused Triton step);
-- advfeat-compile (CUDA only): the same with compile=True, compiled before timing.
+- baseline-channels_last (CPU): the same loop with the model and images in channels_last,
+  to show what the layout alone buys on a CPU;
+- advfeat: `pgd(..., compile=False)`, eager (frozen weights, batch norm folded, channels_last;
+  on CUDA bf16 autocast and the fused Triton step);
+- advfeat-compile (CUDA only): the same with compile=True.
 extra_info: image_steps_per_s (images x steps / median seconds), ratio_vs_baseline
-(advfeat / baseline), FLOPs of one attack step, and bf16_peak_fraction where the peak is known.
+(advfeat / baseline), warmup_seconds (the first call: compilation for advfeat-compile, cuDNN's
+algorithm search for the others), FLOPs of one attack step, and bf16_peak_fraction where the
+peak is known.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -39,7 +44,8 @@ _baseline_rate: dict[str, float] = {}  # group -> baseline image-steps/s, read b
 
 
 def baseline_pgd_l2(model, x, y, steps: int, eps: float, step_size: float) -> torch.Tensor:
-    """PGDL2 of torchattacks without random start, op for op."""
+    """PGDL2 of torchattacks without random start, op for op (reshape where torchattacks has view,
+    which a channels_last gradient refuses)."""
     model.eval()
     b = len(x)
     x_adv = x.clone().detach()
@@ -47,10 +53,10 @@ def baseline_pgd_l2(model, x, y, steps: int, eps: float, step_size: float) -> to
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
-        grad = grad / (torch.norm(grad.view(b, -1), p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
+        grad = grad / (torch.norm(grad.reshape(b, -1), p=2, dim=1) + 1e-10).view(b, 1, 1, 1)
         x_adv = x_adv.detach() + step_size * grad
         delta = x_adv - x
-        delta_norms = torch.norm(delta.view(b, -1), p=2, dim=1)
+        delta_norms = torch.norm(delta.reshape(b, -1), p=2, dim=1)
         factor = torch.min(eps / delta_norms, torch.ones_like(delta_norms))
         x_adv = torch.clamp(x + delta * factor.view(b, 1, 1, 1), min=0, max=1).detach()
     return x_adv
@@ -61,6 +67,8 @@ def model_for(impl: str, arch: str, device: torch.device) -> torch.nn.Module:
     the baseline gets a plain .to(device), advfeat what its own scripts prepare."""
     torch.manual_seed(0)
     model = create_model(arch)
+    if impl == "baseline-channels_last":
+        return model.to(device).to(memory_format=torch.channels_last)
     return model.to(device) if impl == "baseline" else prepare_model(model, device)
 
 
@@ -74,9 +82,12 @@ def batch_of(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
 def attack(impl: str, model, x, y, steps: int):
     if impl == "baseline":
         return lambda: baseline_pgd_l2(model, x, y, steps, EPS, STEP_SIZE)
+    if impl == "baseline-channels_last":
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        return lambda: baseline_pgd_l2(model, x_cl, y, steps, EPS, STEP_SIZE)
     threat = make_threat("l2", EPS, "none")
     return lambda: pgd(model, x, y, threat=threat, steps=steps, step_size=STEP_SIZE,
-                       compile=impl == "advfeat-compile")
+                       compile=impl == "advfeat-compile")  # "advfeat" is eager, on CUDA too
 
 
 def attack_step_flops(model, x, y, device: torch.device) -> float:
@@ -113,12 +124,18 @@ def run_attack(benchmark, measure, impl: str, arch: str, batch: int, steps: int,
         torch.compiler.reset()
     model = model_for(impl, arch, device)
     x, y = batch_of(batch, device)
-    # advfeat evaluates the final iterate too (steps + 1 passes, to keep the best one); both
-    # count images x steps, so that extra pass is charged to advfeat. The warm-up round
+    # advfeat evaluates the final iterate too (a forward pass, to keep the best one); both count
+    # images x steps, so that extra pass is charged to advfeat. The first call, timed on its own,
     # compiles (advfeat-compile) and lets cuDNN pick its algorithms.
-    rate = measure(attack(impl, model, x, y, steps), device, work=batch * steps, rounds=rounds)
+    fn = attack(impl, model, x, y, steps)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    warmup_seconds = time.perf_counter() - start
+    rate = measure(fn, device, work=batch * steps, rounds=rounds, warmup_rounds=0)
     flops = attack_step_flops(model, x[:8], y[:8], device)
-    info = dict(impl=impl, arch=arch, batch=batch, steps=steps, image_steps_per_s=rate,
+    info = dict(impl=impl, arch=arch, batch=batch, steps=steps, image_steps_per_s=rate, warmup_seconds=warmup_seconds,
                 gflop_per_image_step=flops / 1e9, achieved_tflops=rate * flops / 1e12)
     if impl == "baseline":
         _baseline_rate[group] = rate
@@ -130,7 +147,8 @@ def run_attack(benchmark, measure, impl: str, arch: str, batch: int, steps: int,
 
 
 # The impl varies fastest, baseline first, so each group's ratio finds its baseline.
-@pytest.mark.parametrize("arch,batch,impl", [(a, b, i) for a, b in CPU_CASES for i in ("baseline", "advfeat")])
+@pytest.mark.parametrize("arch,batch,impl", [(a, b, i) for a, b in CPU_CASES
+                                             for i in ("baseline", "baseline-channels_last", "advfeat")])
 def test_pgd_l2_cpu(benchmark, measure, arch, batch, impl):
     run_attack(benchmark, measure, impl, arch, batch, CPU_STEPS, CPU_ROUNDS, torch.device("cpu"))
 

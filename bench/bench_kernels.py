@@ -4,7 +4,10 @@
 
 Each benchmark group compares implementations of the same step (see `benchmark.group`):
 - `<op>-cuda`: fused Triton kernel vs the eager reference vs a torch.compile'd
-  reference (skipped without CUDA);
+  reference (skipped without CUDA). A step takes tens of microseconds, so pytest-benchmark's
+  per-call time is mostly launch and Python dispatch; extra_info also holds
+  triton.testing.do_bench's kernel time, the bytes the step must move (x, x0, grad read, out
+  written) per second, and that rate as a fraction of the device's copy rate (a clone of x).
 - `<op>-cpu`: the reference vs the unfused eager step as torchattacks writes it
   (PGDL2 / PGD), plus a torch.compile'd reference to show what fusion buys on CPU.
 """
@@ -57,6 +60,7 @@ def _run(benchmark, op, impl_name, fn, device):
     fn(*args)  # warm-up (compilation, autotuning caches)
     if device == "cuda":
         torch.cuda.synchronize()
+        benchmark.extra_info.update(kernel_rates(fn, args))
 
         def timed():
             fn(*args)
@@ -65,6 +69,20 @@ def _run(benchmark, op, impl_name, fn, device):
         benchmark(timed)
     else:
         benchmark(fn, *args)
+
+
+def kernel_rates(fn, args) -> dict:
+    """do_bench's median kernel time, and GB/s against the device's copy rate."""
+    from triton.testing import do_bench
+
+    x, x0, grad = args[:3]
+    moved = x.numel() * (x.element_size() * 3 + grad.element_size())  # read x, x0, grad; write out
+    ms = do_bench(lambda: fn(*args), return_mode="median")
+    copy_ms = do_bench(lambda: x.clone(), return_mode="median")  # reads and writes x once
+    gb_per_s = moved / ms / 1e6
+    copy_gb_per_s = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+    return {"do_bench_ms": ms, "gb_per_s": gb_per_s, "copy_gb_per_s": copy_gb_per_s,
+            "fraction_of_copy_rate": gb_per_s / copy_gb_per_s}
 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

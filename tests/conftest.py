@@ -18,12 +18,26 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory):
-    """Every test run decodes into its own cache, never the user's."""
+    """Every test run decodes into its own cache, never the user's; and runs on the CPU, where
+    its tolerances were set, even on a GPU machine (tests marked `cuda` choose CUDA themselves)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("ADVFEAT_CACHE", str(tmp_path_factory.mktemp("advfeat-cache")))
     mp.delenv("ADVFEAT_DATA", raising=False)
+    mp.setenv("ADVFEAT_DEVICE", "cpu")
     yield
     mp.undo()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip on a machine without a working CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -200,6 +200,28 @@ def test_kill_minus_9_then_rerun_resumes_and_gives_the_same_dataset(standard_mod
             np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_appendix_d6_from_eval_and_old_datasets_still_load(standard_model, shared_data, tmp_path):
+    from safetensors.numpy import save_file
+
+    out, _, _ = synth(tmp_path, "det", "--kind", "det", "--model", str(standard_model), "--data", str(shared_data),
+                      "--subset", "200", "--steps", "5", "--eps", "2.0", "--step-size", "0.5")
+    code, _, err = run_cli("train", "--data", str(out), "--arch", "tiny", "--epochs", "1", "--test-subset", "100",
+                           "--out", str(tmp_path / "on-det"), "--quiet")
+    assert code == 0, err
+    code, stdout, err = run_cli("eval", "--model", str(tmp_path / "on-det"), "--test-subset", "100", "--out",
+                                str(tmp_path / "e.json"), "--quiet")
+    assert code == 0 and "Appendix D.6" in stdout, err
+    d6 = json.loads((tmp_path / "e.json").read_text())["appendix_d6"]
+    assert d6["label_shift"] == 1 and 0 <= d6["shifted_accuracy"] <= 1
+    # A dataset written before orig_labels existed: it still loads and trains; D.6 says why it skips.
+    for shard in out.glob("shard-*.safetensors"):
+        arrays = {k: v for k, v in load_file(str(shard)).items() if k != "orig_labels"}
+        save_file(arrays, str(shard))
+    assert len(load_dataset(out).train) == 200
+    code, stdout, err = run_cli("eval", "--model", str(tmp_path / "on-det"), "--test-subset", "100", "--quiet")
+    assert code == 0 and "Appendix D.6 skipped" in stdout and "orig_labels" in stdout, err
+
+
 def test_reads_the_authors_release_format(tmp_path, formats):
     folder = tmp_path / "ddet_CIFAR"
     folder.mkdir()

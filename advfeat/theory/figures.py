@@ -14,15 +14,13 @@ track the gradient alignment cos(Sigma_r^-1 mu_r, mu) of Theorem 3.  Outputs: ga
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from advfeat.errors import UserError
+from advfeat.io import save_figure, write_json
 from advfeat.theory import gaussian as g
 
 EPS_2D = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
@@ -62,7 +60,7 @@ def run(out_dir: Path, *, dims: int = 10, seed: int = 0) -> dict:
         "figures": ["gaussian_contours.png", "gaussian_alignment.png", "gaussian_eigenvalues.png"],
         "runtime_s": round(time.perf_counter() - start, 2),
     }
-    _write_json_atomically(out_dir / "gaussian.json", summary)
+    write_json(out_dir / "gaussian.json", summary)
     return summary
 
 
@@ -258,7 +256,7 @@ def _plot_contours(path: Path, two: dict) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    _savefig_atomically(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -284,7 +282,7 @@ def _plot_alignment(path: Path, two: dict, many: dict, dims: int) -> None:
     axes[0].set_ylabel("cos(Sigma_r^-1 mu_r, mu)")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _savefig_atomically(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -306,44 +304,13 @@ def _plot_eigenvalues(path: Path, many: dict, dims: int) -> None:
     ax.set_title(f"{dims}-D: Sigma_r eigenvalues (dots: L2-ball fit; dashed: Theorem 2)", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _savefig_atomically(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
 # Output helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _publish(tmp: str, path: Path) -> None:
-    """Give the temp file ordinary permissions (mkstemp makes it 0600), then rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _savefig_atomically(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=130)
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _jsonable(obj):
