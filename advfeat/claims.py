@@ -24,8 +24,8 @@ CHANCE = 0.10  # ten classes
 class Outcomes:
     """Per-seed, per-image results of a reproduction's evaluations, as the claims read them."""
 
-    def __init__(self, evals: dict[str, dict[int, dict]], fig3: dict[int, dict]):
-        self.evals, self.fig3 = evals, fig3
+    def __init__(self, evals: dict[str, dict[int, dict]], fig3: dict[int, dict], stages: dict | None = None):
+        self.evals, self.fig3, self.stages = evals, fig3, stages or {}
         self.seeds = sorted(next(iter(evals.values())))
 
     def _row(self, model: str, seed: int, eps: float) -> dict:
@@ -60,6 +60,17 @@ class Outcomes:
             return shift(mean_interval([self.value(model, metric, s) for s in self.seeds]), CHANCE)
         outcome = self.per_image(model, metric, self.seeds[0])
         return shift(wilson_interval(int(outcome.sum()), len(outcome)), CHANCE)
+
+    def stage_value_above_chance(self, stage: str, key: str) -> Interval | None:
+        """A per-seed accuracy that a stage result holds (a probe's), minus chance."""
+        by_seed = self.stages.get(stage, {})
+        values = [by_seed[s][key] for s in self.seeds if s in by_seed and by_seed[s].get(key) is not None]
+        if not values:
+            return None
+        if len(values) >= 2:
+            return shift(mean_interval(values), CHANCE)
+        n = self.evals["standard"][self.seeds[0]]["n"]
+        return shift(wilson_interval(round(values[0] * n), n), CHANCE)
 
     def transfer_correlation(self) -> Interval | None:
         points = [(p["transfer_rate"], p["det_accuracy"]) for s in self.seeds for p in self.fig3[s]["points"]
@@ -132,10 +143,36 @@ def claims_at(eps: float) -> tuple[Claim, ...]:
 CLAIMS = claims_at(0.25)
 
 
-def judge(outcomes: Outcomes, eps: float = 0.25) -> list[dict]:
+def distill_claims_at(eps: float) -> tuple[Claim, ...]:
+    """The Distill discussion's experiments (--extra distill), judged by the same rule."""
+    r = f"robust@{eps:g}"
+    return (
+        Claim("goh-leakage", "D_det controls for robust-feature leakage (Goh; the authors' reply)",
+              "Goh (response 2): a linear classifier on a robust linear model's features gets 6.81% trained on D_det "
+              "and 23.5% on D_rand (out of 44% / 88%)",
+              (Part("robust-feature probe trained on D_det: test acc. - chance (10%)", "below", 0.05,
+                    lambda o: o.stage_value_above_chance("leakage", "det")),)),
+        Claim("nakkiran-bugs", "Non-transferable adversarial examples teach almost nothing (Nakkiran)",
+              "Nakkiran (response 5, ResNet-18, L2): trained on his non-transferable D_det, 2.8% on the true labels "
+              "(70.8% on y+1), against 33.2% for PGD's D_det",
+              (Part("clean acc. (non-transferable D_det) - chance (10%)", "below", 0.05,
+                    lambda o: o.above_chance("det-nt")),)),
+        Claim("linf-datasets", "L-inf D_rand and D_det also generalize (the replications the authors cite)",
+              "Nakkiran (response 5, ResNet-18, L-inf eps 8/255): PGD D_det gives 23.7% on the true labels",
+              (Part("clean acc. (L-inf D_rand) - chance (10%)", "above", 0.05, lambda o: o.above_chance("rand-linf")),
+               Part("clean acc. (L-inf D_det) - chance (10%)", "above", 0.05, lambda o: o.above_chance("det-linf")))),
+        Claim("dr-from-noise", "D_R inverted from noise also gives robustness (the authors' inversion code)",
+              "the authors' inversion notebook starts from clamp(N(0.5, 0.05^2)); the paper's algorithm from another "
+              "image",
+              (Part(f"robust acc. (D_R from noise) - robust acc. (D_NR), eps {eps:g}", "above", 0.05,
+                    lambda o: o.difference(("r-noise", r), ("nr", r))),)),
+    )
+
+
+def judge(outcomes: Outcomes, eps: float = 0.25, claims: tuple[Claim, ...] | None = None) -> list[dict]:
     """Every claim with its parts' intervals and verdicts, and the claim's verdict."""
     judged = []
-    for claim in claims_at(eps):
+    for claim in claims if claims is not None else claims_at(eps):
         parts = []
         for part in claim.parts:
             interval = part.interval(outcomes)

@@ -138,7 +138,8 @@ def _eval(args: argparse.Namespace) -> None:
         spec = AttackSpec(name=args.attack, steps=args.steps, step_size=args.step_size, restarts=args.restarts,
                           random_start=args.random_start, retire=args.retire, share=args.share,
                           batch_size=args.batch_size, compile=args.compile, cw_binary_steps=args.cw_binary_steps,
-                          cw_lr=args.cw_lr)
+                          cw_lr=args.cw_lr, target_classes=args.target_classes, square=args.square,
+                          square_queries=args.square_queries)
         if any(not e >= 0 for e in args.eps):
             raise UserError(f"eps must be >= 0, got {' '.join(map(str, args.eps))}")
     model, card = load_model(args.model, device)
@@ -155,7 +156,7 @@ def _eval(args: argparse.Namespace) -> None:
         for row in result["attack"]["robust"]:
             speed = f", {row['images_per_s']:.0f} images/s, {row['image_steps_per_s']:.0f} image-steps/s" \
                 if "images_per_s" in row else ""
-            print(f"  {args.attack} eps {row['eps']}: robust accuracy {row['accuracy']:.4f}{speed}")
+            print(f"  {spec.name} eps {row['eps']}: robust accuracy {row['accuracy']:.4f}{speed}")
         for warning in result["attack"]["warnings"]:
             print(f"  warning: {warning}")
     if out:
@@ -195,8 +196,9 @@ def _add_eval(sub) -> None:
         add_setting(p, AttackSpec, name)
     add_setting(p, AttackSpec, "retire", action=argparse.BooleanOptionalAction)
     add_setting(p, AttackSpec, "share", action=argparse.BooleanOptionalAction)
-    for name in ("cw_binary_steps", "cw_lr", "batch_size"):
+    for name in ("cw_binary_steps", "cw_lr", "target_classes", "square_queries", "batch_size"):
         add_setting(p, AttackSpec, name)
+    add_setting(p, AttackSpec, "square", action="store_true")
     add_setting(p, AttackSpec, "compile", action=argparse.BooleanOptionalAction)
     p.set_defaults(func=_eval)
 
@@ -271,14 +273,15 @@ def _reproduce(args: argparse.Namespace) -> None:
         raise UserError(f"--seeds must be at least 1, got {overrides['seeds']}")
     if overrides:
         preset = dataclasses.replace(preset, **overrides)
+    extras = tuple(args.extra or ())
     if args.dry_run:
-        plan = dry_run(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus,
+        plan = dry_run(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus, extras=extras,
                        log=lambda message: print(message, file=sys.stderr))
         _print_plan(plan)
         return
-    report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus)
+    report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus, extras=extras)
     print(f"report: {Path(args.out) / 'report.md'} ({report['total_seconds']:.0f}s on {report['device']})")
-    for claim in report["claims"]:
+    for claim in report["claims"] + report.get("distill_claims", []):
         print(f"  {claim['verdict']:<14} {claim['statement']}")
 
 
@@ -295,7 +298,7 @@ def _print_plan(plan: dict) -> None:
 
 
 def _add_reproduce(sub) -> None:
-    from advfeat.presets import PRESETS
+    from advfeat.presets import EXTRAS, PRESETS
 
     p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, judge the claims, report")
     p.add_argument("--preset", choices=list(PRESETS),
@@ -308,6 +311,9 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--seeds", type=int, help="override the preset's number of seeds")
     p.add_argument("--subset", type=_positive_int, help="override the preset's number of training images")
     p.add_argument("--test-subset", type=_positive_int, help="override the preset's number of test images")
+    p.add_argument("--extra", action="append", choices=EXTRAS,
+                   help="optional experiments: distill (the Distill discussion's: robust-feature leakage, "
+                        "non-transferable examples, L-inf datasets, D_R from noise); repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, which are done, their work and an estimated time; run nothing")
     p.set_defaults(func=_reproduce)
@@ -340,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_synth(sub)
     _add_reproduce(sub)
+    from advfeat.doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
     _add_theory(sub)
     return parser
 

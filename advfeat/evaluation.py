@@ -17,6 +17,8 @@ import torch
 from tqdm import tqdm
 
 from advfeat.attacks import cw_l2, frozen, frozen_view, make_threat, pgd
+from advfeat.attacks.apgd import clean_logits_of
+from advfeat.attacks.autoattack import CLEAN, check_autoattack_args, run_ensemble
 from advfeat.errors import UserError
 from advfeat.pipelines.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
@@ -48,6 +50,18 @@ def predict_tensor(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
+@torch.no_grad()
+def features_of(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The penultimate representation g(x) of images on the model's device, batch_size at a time."""
+    with frozen(model):
+        forward = frozen_view(model, False, x.device)
+        out = []
+        for i in range(0, len(x), batch_size):
+            with autocast(x.device):
+                out.append(forward(prepare_input(x[i:i + batch_size]), return_features=True)[1].float())
+    return torch.cat(out) if out else x.new_zeros(0, getattr(model, "feature_dim", 0))
+
+
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:
     """{"accuracy", "n", "per_class": {name: accuracy}} from predictions."""
     correct = preds == labels
@@ -72,7 +86,7 @@ def weak_attack_accuracies(model, x, y, norm: str, eps: float, generator, batch_
     """
     noise = make_threat(norm, eps, "sphere" if norm == "l2" else "box").random_start(x, generator)
     one_step = pgd(model, x, y, threat=make_threat(norm, eps, "none"), steps=1, step_size=eps, keep="last",
-                   batch_size=batch_size)
+                   batch_size=batch_size, compile=False)  # compiling for one step costs more than the step
     return {"noise_accuracy": float((predict_tensor(model, noise, batch_size) == y).float().mean()),
             "one_step_accuracy": float((predict_tensor(model, one_step.x_adv, batch_size) == y).float().mean())}
 
@@ -123,6 +137,11 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[floa
     """Clean and robust accuracy of `model` on (x, y) (tensors on the model's device)."""
     if any(not e >= 0 for e in eps_list):
         raise UserError(f"eps must be >= 0, got {eps_list}")
+    if spec.family == "autoattack":
+        return autoattack_accuracy(model, x, y, eps_list, norm=spec.norm, n_iter=spec.steps, restarts_ce=spec.restarts,
+                                   n_target_classes=spec.target_classes, batch_size=spec.batch_size, seed=seed,
+                                   compile=spec.compile, share=spec.share, square=spec.square,
+                                   square_queries=spec.square_queries, progress=progress)
     eps_list = sorted(set(eps_list))
     generator = torch.Generator(device=x.device).manual_seed(seed)
     correct = predict_tensor(model, x, spec.batch_size) == y
@@ -178,3 +197,75 @@ def split_tensors(split, device: torch.device) -> tuple[torch.Tensor, torch.Tens
     """A whole split as (x float [0,1], y) on the device."""
     x = to_unit_float(torch.from_numpy(split.images).to(device))
     return x, torch.from_numpy(split.labels).to(device)
+
+
+def autoattack_accuracy(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_list: list[float],
+    *,
+    norm: str,
+    n_iter: int = 100,
+    restarts_ce: int = 1,
+    n_target_classes: int = 9,
+    batch_size: int | None = None,
+    seed: int = 0,
+    compile: bool | None = None,
+    share: bool = True,
+    square: bool = False,
+    square_queries: int = 5000,
+    progress: bool = False,
+) -> dict:
+    """Clean and AutoAttack robust accuracy of `model` on (x, y) at each eps, in the shape of
+    advfeat.evaluation.robust_accuracy: {"clean_accuracy", "n", "attack", "robust": rows,
+    "warnings"}. Each row: "eps", "accuracy", "robust_index", "attacked", "seconds",
+    "image_steps", "images_per_s", "image_steps_per_s", "broken_by" (counts per stage),
+    "zero_grad_fraction", "stages", and "per_example": per example (stage name or None,
+    iteration), "clean" for the misclassified. With share=True an example broken at a smaller
+    eps keeps that eps's record (the same point breaks it here) and is not attacked again.
+    """
+    check_autoattack_args(norm, list(eps_list), n_iter, restarts_ce, n_target_classes,
+                          getattr(model, "num_classes", None), square_queries)
+    eps_list = sorted({float(e) for e in eps_list})
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    logits = clean_logits_of(model, x, batch_size, compile)
+    check_autoattack_args(norm, eps_list, n_iter, restarts_ce, n_target_classes, logits.shape[1])
+    correct = logits.argmax(1) == y
+    clean = float(correct.float().mean()) if len(y) else 0.0
+    clean_records = [None if c else (CLEAN, 0) for c in correct.cpu().tolist()]
+    records, robust, rows = list(clean_records), correct.clone(), []
+    for eps in eps_list:
+        candidates = robust if share else correct
+        if not share:
+            records = list(clean_records)
+        index = torch.nonzero(candidates).flatten()
+        update, bar = attack_progress_bar(len(index), eps, progress)
+        start = time.perf_counter()
+        out = run_ensemble(model, x, y, logits, index, norm=norm, eps=eps, n_iter=n_iter, restarts_ce=restarts_ce,
+                        n_target_classes=n_target_classes, square=square, square_queries=square_queries,
+                        batch_size=batch_size, generator=generator, compile=compile, progress=update)
+        seconds = time.perf_counter() - start
+        bar.close()
+        broken = torch.zeros_like(correct)
+        broken[index] = out.broken
+        robust = candidates & ~broken
+        records = list(records)  # each row keeps its own list
+        for j, i in enumerate(index.cpu().tolist()):
+            records[i] = (out.broken_by[j], out.iteration[j]) if out.broken_by[j] is not None else None
+        image_steps = sum(s["image_steps"] for s in out.stages)
+        rows.append({
+            "eps": eps, "accuracy": float(robust.float().mean()) if len(y) else 0.0,
+            "robust_index": torch.nonzero(robust).flatten().tolist(), "attacked": len(index),
+            "seconds": round(seconds, 3), "image_steps": image_steps,
+            "images_per_s": round(len(index) / max(seconds, 1e-9), 1),
+            "image_steps_per_s": round(image_steps / max(seconds, 1e-9), 1),
+            "broken_by": {s["attack"]: s["broken"] for s in out.stages},
+            "zero_grad_fraction": float(out.zero_grad.float().mean()) if len(index) else 0.0,
+            "stages": out.stages, "per_example": records})
+    attack = {"name": "autoattack", "norm": norm, "n_iter": n_iter, "restarts_ce": restarts_ce,
+              "n_target_classes": n_target_classes, "square": square,
+              "square_queries": square_queries if square else None, "batch_size": batch_size, "seed": seed,
+              "compile": compile, "share": share}
+    return {"clean_accuracy": clean, "n": len(y), "attack": attack, "robust": rows,
+            "warnings": masking_warnings(rows, clean, len(y))}

@@ -76,9 +76,9 @@ def summarize(values: list[float], n_images: int | None = None) -> dict | None:
     return {"estimate": values[0], "low": None, "high": None, "n": 1, "method": "one value"}
 
 
-def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float]) -> list[dict]:
+def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float], keys=ROWS) -> list[dict]:
     rows = []
-    for key, label in ROWS:
+    for key, label in keys:
         seeds = evals[key]
         n = next(iter(seeds.values()))["n"]
         n_sub = next(iter(seeds.values()))["strong"]["n"]
@@ -204,11 +204,17 @@ def draw_bars(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def draw_transfer(points: list[dict], correlation: dict | None, path: Path) -> None:
+def draw_transfer(points: list[dict], correlation: dict | None, path: Path,
+                  nontransferable: list | None = None) -> None:
     """Figure 3 with the paper's axes: x = test accuracy trained on D_det, y = transfer success
-    rate; every (architecture, seed) point, the architectures' means, and a trend line."""
+    rate; every (architecture, seed) point, the architectures' means, and a trend line; with
+    --extra distill, Nakkiran's non-transferable D_det too (the authors put it near (0, 0))."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    if nontransferable:
+        ax.scatter([100 * p["det_accuracy"] for p in nontransferable],
+                   [100 * (p["transfer_rate"] or 0) for p in nontransferable], marker="x", color="black",
+                   label="non-transferable D_det")
     xs, ys = [], []
     for i, p in enumerate(points):
         color = f"C{i}"
@@ -236,6 +242,13 @@ def draw_transfer(points: list[dict], correlation: dict | None, path: Path) -> N
 # --------------------------------------------------------------------------- markdown
 
 
+def _attack_name(spec: dict) -> str:
+    if spec["name"].startswith("autoattack"):
+        return (f"AutoAttack (APGD-CE, then APGD-T over {spec['target_classes']} target classes, "
+                f"{spec['steps']} iterations each)")
+    return f"a stronger PGD ({spec['steps']} steps x {spec['restarts']} restarts)"
+
+
 def cell(c: dict | None, ref: dict | None = None) -> str:
     """'38.0 [35.1, 40.9]': a mean (%) with its 95% interval."""
     if c is None:
@@ -261,27 +274,30 @@ def _claims_section(claims: list[dict], seeds: int, n_test: int) -> list[str]:
     how = (f"mean over {seeds} seeds with Student's t interval" if seeds >= 2 else
            f"one seed: Wilson interval over the {n_test} test images for an accuracy, the paired normal interval "
            f"of per-image differences for a difference of two models")
-    lines = ["## The paper's claims, judged", "",
-             f"Each claim is one or more effects with a {round(LEVEL * 100)}% interval ({how}; Fisher's z interval for "
-             "a correlation). **Rule:** a part *holds* when its whole interval lies on the claimed side of its margin, "
-             "*does not hold* when the whole interval lies on the other side, and is *inconclusive* otherwise; a claim "
-             "holds when all its parts hold and fails when any part fails. The margins were fixed before any run "
-             "(advfeat/claims.py): 'far above' is 10 points, 'well' or 'clearly above' 5 points.", "",
-             "| claim | the paper (reference, its setting) | effect: ours [95% interval] | rule | verdict |",
-             "|---|---|---|---|---|"]
+    return ["## The paper's claims, judged", "",
+            f"Each claim is one or more effects with a {round(LEVEL * 100)}% interval ({how}; Fisher's z interval for "
+            "a correlation). **Rule:** a part *holds* when its whole interval lies on the claimed side of its margin, "
+            "*does not hold* when the whole interval lies on the other side, and is *inconclusive* otherwise; a claim "
+            "holds when all its parts hold and fails when any part fails. The margins were fixed before any run "
+            "(advfeat/claims.py): 'far above' is 10 points, 'well' or 'clearly above' 5 points.", "",
+            *_claims_table(claims, "the paper (reference, its setting)")]
+
+
+def _claims_table(claims: list[dict], reference: str) -> list[str]:
+    lines = [f"| claim | {reference} | effect: ours [95% interval] | rule | verdict |", "|---|---|---|---|---|"]
     for c in claims:
         for i, part in enumerate(c["parts"]):
-            statement, reference = (c["statement"], c["paper"]) if i == 0 else ("", "")
+            statement, paper_text = (c["statement"], c["paper"]) if i == 0 else ("", "")
             verdict = f"**{c['verdict']}**" if i == 0 else ""
             if len(c["parts"]) > 1:
                 verdict += f" (this part: {part['verdict']})"
             effect = _interval_text(part["interval"], percent=not part["rule"].startswith("correlation"))
-            lines.append(f"| {statement} | {reference} | {effect} | {part['rule']} | {verdict} |")
+            lines.append(f"| {statement} | {paper_text} | {effect} | {part['rule']} | {verdict} |")
     return lines
 
 
 def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: list[dict], correlation,
-                    synth: dict, figures: dict[str, str]) -> str:
+                    synth: dict, figures: dict[str, str], distill: dict | None = None) -> str:
     preset = results["preset"]
     eps_list = preset["eps"]
     seeds = preset["seeds"]
@@ -304,11 +320,12 @@ def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: l
     for r in rows:
         lines.append(f"| {r['setting']} | {cell(r['clean'])} | " + " | ".join(cell(r[f'robust@{e}']) for e in eps_list)
                      + f" | {reference_cell(r['paper_clean'])} | {reference_cell(r['paper_robust@0.25'])} |")
+    strong = _attack_name(preset["strong_attack"])
     lines += ["", f"Checking the main attack at eps 0.25 on the first {preset['strong_subset']} (shuffled) test "
-              "images: the main PGD on them, a stronger PGD (more steps, restarts), Carlini-Wagner L2, and the "
-              "per-image worst case (an image is robust only if all three failed on it). A worst case far below the main PGD would "
-              "mean the main attack is too weak.", "",
-              "| setting | main PGD | strong PGD | CW-L2 | worst case |", "|---|---|---|---|---|"]
+              f"images: the main PGD on them, {strong}, Carlini-Wagner L2, and the per-image worst case (an image "
+              "is robust only if all three failed on it). A worst case far below the main PGD would mean the main "
+              "attack is too weak.", "",
+              f"| setting | main PGD | {strong.split(' (')[0]} | CW-L2 | worst case |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['setting']} | {cell(r['subset@0.25'])} | {cell(r['strong@0.25'])} | {cell(r['cw@0.25'])} "
                      f"| {cell(r['worst@0.25'])} |")
@@ -353,8 +370,10 @@ def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: l
     if correlation:
         lines += ["", f"Correlation over the (architecture, seed) points: r = {correlation['estimate']:.2f} "
                       f"[{correlation['low']:.2f}, {correlation['high']:.2f}] ({correlation['method']})."]
-    lines += ["", f"Paper values: {FIGURE3_SOURCE.source}.", "", f"![transfer]({figures['transfer']})", "",
-              "## Section 4: the Gaussian model", "", results["theory"]["headline"], ""]
+    lines += ["", f"Paper values: {FIGURE3_SOURCE.source}.", "", f"![transfer]({figures['transfer']})", ""]
+    if distill:
+        lines += _distill_section(distill) + [""]
+    lines += ["## Section 4: the Gaussian model", "", results["theory"]["headline"], ""]
     lines += [f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]
     lines += ["", "## Timings", "", *_stage_rows(results["stages"]), "",
               f"Total wall-clock time of this run: {results['total_seconds']:.1f} s (reused stages cost nothing "
@@ -373,6 +392,57 @@ def _stage_rows(stages: list[dict]) -> list[str]:
         elif "stats" in result:
             speed = f"{result['stats']['image_steps_per_s']:.0f} image-steps/s"
         lines.append(f"| {s['id']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {speed} |")
+    return lines
+
+
+DISTILL_ROWS = [
+    ("det-nt", "Standard training on non-transferable D_det (Nakkiran)"),
+    ("rand-linf", "Standard training on L-inf D_rand"),
+    ("det-linf", "Standard training on L-inf D_det"),
+    ("r-noise", "Standard training on D_R inverted from noise"),
+]
+
+
+def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_results: dict, eps_list,
+                    claim_eps: float) -> dict:
+    """The Distill discussion's numbers: judged claims, the models' rows, the probe, the datasets."""
+    from advfeat.claims import distill_claims_at
+
+    leakage = extra_stages.get("leakage", {})
+    nt_synth = [r["stats"] for r in by_seed(stage_results, "synth-det-nt").values()]
+    return {
+        "claims": judge(outcomes, claims=distill_claims_at(claim_eps)),
+        "rows": table_rows(evals, eps_list, DISTILL_ROWS),
+        "probe": {name: summarize([r[name] for r in leakage.values()]) for name in ("d", "rand", "det")},
+        "probe_notes": sorted({n for r in leakage.values() for n in r.get("notes", [])}),
+        "nontransferable": {
+            "target_success": summarize([s["target_success"] for s in nt_synth]),
+            "ensemble_keeps_label": summarize([s["ensemble_keeps_label"] for s in nt_synth]),
+            "transfer": summarize([r["transfer_rate"] for r in extra_stages.get("fig3-nt", {}).values()])},
+    }
+
+
+def _distill_section(distill: dict) -> list[str]:
+    lines = ["## The Distill discussion (--extra distill)", "",
+             "The comments on the paper tested its claims; each experiment here states its claim, the number from the "
+             "Distill article as a reference (its setting differs: see the reference column), and ours with its "
+             "interval, judged by the same rule as the main claims.", ""]
+    lines += _claims_table(distill["claims"], "the Distill article (reference, its setting)")
+    probe, nt = distill["probe"], distill["nontransferable"]
+    lines += ["", "Goh's robust-feature probe: a linear classifier on the penultimate features of the (adversarially "
+              "trained) robust model, fit on each training set, tested on the real test set's true labels.", "",
+              "| probe trained on | test accuracy |", "|---|---|",
+              f"| D (the real training images) | {cell(probe['d'])} |", f"| D_rand | {cell(probe['rand'])} |",
+              f"| D_det | {cell(probe['det'])} |"]
+    lines += [f"- {note}" for note in distill["probe_notes"]]
+    lines += ["", "Nakkiran's non-transferable D_det: targeted toward y+1 for the source model while an ensemble of "
+              f"independently trained models keeps predicting y: target success {cell(nt['target_success'])}%, the "
+              f"ensemble keeps the true label on {cell(nt['ensemble_keeps_label'])}% of them; transfer success to a "
+              f"model trained on D: {cell(nt['transfer'])}% (Figure 3's x marker).", "",
+              "| setting | clean | robust eps=0.25 | robust eps=0.5 | accuracy on y+1 (D.6) |", "|---|---|---|---|---|"]
+    for r in distill["rows"]:
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | {cell(r['robust@0.25'])} | {cell(r.get('robust@0.5'))} "
+                     f"| {cell(r['shifted'])} |")
     return lines
 
 
@@ -399,12 +469,17 @@ def synth_summary(results: dict) -> dict:
 def write_report(out: Path, results: dict, samples: dict) -> dict:
     """report.md, report.json and figures/ from the stages' results."""
     stage_results = results["results"]
-    evals = {key: by_seed(stage_results, f"eval-{key}") for key, _ in ROWS}
+    names = {stage_id.partition("@")[0] for stage_id in stage_results}
+    evals = {name[len("eval-"):]: by_seed(stage_results, name) for name in sorted(names) if name.startswith("eval-")}
     fig3_raw = by_seed(stage_results, "fig3")
-    outcomes = Outcomes(evals, fig3_raw)
-    claims = judge(outcomes, results["preset"]["claim_eps"])
+    extra_stages = {name: by_seed(stage_results, name) for name in ("leakage", "fig3-nt") if name in names}
+    outcomes = Outcomes(evals, fig3_raw, extra_stages)
+    claim_eps = results["preset"]["claim_eps"]
+    claims = judge(outcomes, claim_eps)
     rows = table_rows(evals, results["preset"]["eps"])
     fig3 = figure3_points(fig3_raw)
+    distill = distill_summary(outcomes, evals, extra_stages, stage_results, results["preset"]["eps"], claim_eps) \
+        if "leakage" in names else None
     correlation = outcomes.transfer_correlation()
     correlation = correlation.to_dict() if correlation else None
     synth = synth_summary(stage_results)
@@ -416,7 +491,8 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     draw_inversion_grid(samples, paths["inversion"])
     draw_targeted_grid(samples, paths["targeted"])
     draw_bars(rows, paths["bars"])
-    draw_transfer(fig3, correlation, paths["transfer"])
+    draw_transfer(fig3, correlation, paths["transfer"],
+                  list(extra_stages.get("fig3-nt", {}).values()) if distill else None)
     # The theory figures are copied beside the others: report.md and figures/ then make a
     # self-contained folder without the (large) stages/.
     for name in THEORY_FIGURES:
@@ -426,10 +502,11 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
             with atomic_path(paths[name]) as tmp:
                 shutil.copyfile(source, tmp)
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
-    report = {"claims": claims, "rows": rows, "figure3": fig3, "figure3_correlation": correlation,
+    report = {"claims": claims, "distill_claims": distill["claims"] if distill else [], "distill": distill,
+              "rows": rows, "figure3": fig3, "figure3_correlation": correlation,
               "synthesized": synth, **{k: v for k, v in results.items() if k != "results"},
               "figures": figures, "evaluations": evals}
     with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(render_markdown(results, rows, claims, fig3, correlation, synth, figures))
+        tmp.write_text(render_markdown(results, rows, claims, fig3, correlation, synth, figures, distill))
     write_json(out / "report.json", report)
     return report

@@ -24,7 +24,9 @@ SCHEDULES = ("step", "onecycle")
 LOADERS = ("auto", "tensor", "dali")
 NORMS = ("l2", "linf")
 STARTS = ("none", "sphere", "ball", "radius", "box")
-ATTACKS = ("pgd-l2", "pgd-linf", "cw-l2")
+ATTACKS = ("pgd-l2", "pgd-linf", "cw-l2", "autoattack-l2", "autoattack-linf")
+ATTACK_ALIASES = {"autoattack": "autoattack-l2"}  # the paper's threat model is L2
+DEFAULT_STEPS = {"pgd": 20, "cw": 20, "autoattack": 100}  # AutoAttack's standard version: 100 iterations
 KINDS = ("r", "nr", "rand", "det")
 KEEP = ("best", "last")
 
@@ -123,11 +125,15 @@ class TrainConfig:
 class AttackSpec:
     """An evaluation attack: PGD in L2 or Linf (with restarts), or Carlini-Wagner L2."""
 
-    name: str = setting("pgd-l2", "the attack", ATTACKS)
-    steps: int = setting(20, "PGD steps (CW: Adam steps per value of c)")
+    name: str = setting("pgd-l2", "the attack; autoattack-l2 / -linf: APGD-CE then targeted APGD-DLR over the "
+                                  "top target classes, per example the worst case (autoattack: -l2)",
+                        ATTACKS + tuple(ATTACK_ALIASES))
+    steps: int | None = setting(None, "PGD steps (CW: Adam steps per value of c; AutoAttack: APGD iterations) "
+                                      "(default: 20 for PGD and CW, 100 for AutoAttack)")
     step_size: float | None = setting(None, "PGD step size (default: 2.5 * eps / steps, which reaches the "
                                             "boundary of the ball)")
-    restarts: int = setting(1, "PGD restarts; each re-attacks only the unbroken examples")
+    restarts: int = setting(1, "PGD restarts (AutoAttack: APGD-CE restarts); each re-attacks only the unbroken "
+                               "examples")
     random_start: str | None = setting(None, "start distribution (default: none for 1 restart, else sphere (L2) / "
                                              "box (Linf))", STARTS)
     retire: bool = setting(True, "stop attacking an example once it is misclassified")
@@ -136,8 +142,14 @@ class AttackSpec:
     compile: bool | None = setting(None, "torch.compile the model inside the attack (default: on CUDA only)")
     cw_binary_steps: int = setting(9, "CW: binary search steps over c")
     cw_lr: float = setting(0.01, "CW: Adam learning rate")
+    target_classes: int = setting(9, "AutoAttack: target classes of APGD-T (the top ones by clean logit)")
+    square: bool = setting(False, "AutoAttack: end with the black-box Square attack (gradient-free)")
+    square_queries: int = setting(5000, "AutoAttack: Square's queries")
 
     def __post_init__(self) -> None:
+        self.name = ATTACK_ALIASES.get(self.name, self.name)
+        if self.steps is None:
+            self.steps = DEFAULT_STEPS[self.name.split("-")[0]]
         _check([
             _one_of(self.name, ATTACKS, "attack"),
             (self.steps >= 1, f"attack steps must be at least 1, got {self.steps}"),
@@ -146,11 +158,18 @@ class AttackSpec:
             (self.random_start is None or self.random_start in STARTS, f"unknown random start {self.random_start!r}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
             (self.cw_binary_steps >= 1, f"CW binary steps must be at least 1, got {self.cw_binary_steps}"),
+            (self.target_classes >= 1, f"target classes must be at least 1, got {self.target_classes}"),
+            (self.square_queries >= 1, f"Square queries must be at least 1, got {self.square_queries}"),
         ])
 
     @property
     def norm(self) -> str:
         return "linf" if self.name.endswith("linf") else "l2"
+
+    @property
+    def family(self) -> str:
+        """pgd, cw or autoattack."""
+        return self.name.split("-")[0]
 
     def step_size_for(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else 2.5 * eps / self.steps

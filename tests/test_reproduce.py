@@ -33,7 +33,8 @@ def reduced_preset(seeds: int = 2):
         standard=fast, robust=replace(fast, adv="l2", eps=0.5, attack_steps=2, attack_step_size=0.25),
         synth={k: replace(v, steps=3, shard_size=150, batch_size=BATCH) for k, v in SMOKE_PRESET.synth.items()},
         train_on={k: replace(v, epochs=1, batch_size=BATCH) for k, v in SMOKE_PRESET.train_on.items()},
-        attack=AttackSpec(steps=2, batch_size=BATCH), strong_attack=AttackSpec(steps=3, restarts=2, batch_size=BATCH),
+        attack=AttackSpec(steps=2, batch_size=BATCH),
+        strong_attack=AttackSpec(name="autoattack-l2", steps=3, target_classes=2, batch_size=BATCH),
         cw_attack=AttackSpec(name="cw-l2", steps=5, cw_binary_steps=2, batch_size=BATCH), strong_subset=40,
         transfer_archs=("tiny", "small"), transfer_train=fast, transfer_images=100)
 
@@ -44,7 +45,7 @@ def reduced_run(shared_data, tmp_path_factory):
     batch recorded by a global forward hook; the dry-run estimate taken before."""
     preset, out = reduced_preset(), tmp_path_factory.mktemp("repro") / "run"
     quiet = lambda message: None  # noqa: E731
-    estimate = reproduce_module.dry_run(preset, str(shared_data), out, log=quiet)
+    estimate = reproduce_module.dry_run(preset, str(shared_data), out, extras=("distill",), log=quiet)
     batches = []
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, args: batches.append(args[0].shape[0]) if isinstance(m, Classifier) and args else None)
@@ -60,10 +61,10 @@ def reduced_run(shared_data, tmp_path_factory):
         mp = pytest.MonkeyPatch()
         mp.setattr(stages_module, "robust_accuracy", crashing)
         with pytest.raises(RuntimeError, match="simulated crash"):
-            reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
+            reproduce_module.reproduce(preset, str(shared_data), out, extras=("distill",), log=quiet)
         mp.undo()
         assert not (out / "report.md").exists()
-        first = reproduce_module.reproduce(preset, str(shared_data), out, log=quiet)
+        first = reproduce_module.reproduce(preset, str(shared_data), out, extras=("distill",), log=quiet)
     finally:
         hook.remove()
     return {"preset": preset, "out": out, "first": first, "batches": batches, "estimate": estimate}
@@ -74,7 +75,7 @@ def test_resume_reuses_what_finished_and_a_rerun_recomputes_nothing(reduced_run,
     reused = {s["id"] for s in first["stages"] if s["cached"]}
     assert {"train-standard@0", "train-robust@0", "synth-det@0", "train-on-det@0", "eval-standard@0"} <= reused
     assert "eval-r@0" not in reused  # the crash hit in the third evaluation: it ran again
-    second = reproduce_module.reproduce(preset, str(shared_data), out, log=lambda m: None)
+    second = reproduce_module.reproduce(preset, str(shared_data), out, extras=("distill",), log=lambda m: None)
     assert all(s["cached"] for s in second["stages"])
     assert second["rows"] == first["rows"] and second["claims"] == first["claims"]
 
@@ -84,7 +85,8 @@ def test_a_moved_folder_and_another_working_directory_reuse_every_stage(reduced_
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(reduced_run["out"], moved)
     monkeypatch.chdir(tmp_path)
-    report = reproduce_module.reproduce(reduced_run["preset"], str(shared_data), "elsewhere/run", log=lambda m: None)
+    report = reproduce_module.reproduce(reduced_run["preset"], str(shared_data), "elsewhere/run", extras=("distill",),
+                                        log=lambda m: None)
     assert all(s["cached"] for s in report["stages"])
 
 
@@ -136,6 +138,20 @@ def test_report_rows_claims_and_figures(reduced_run):
     for figure in ("inversion.png", "targeted.png", "figure2b.png", "figure3.png", "gaussian_contours.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
     assert {p["arch"] for p in report["figure3"]} == {"tiny", "small"}
+
+
+def test_the_distill_extra_adds_its_stages_claims_and_section(reduced_run):
+    report, out = reduced_run["first"], reduced_run["out"]
+    ids = {s["id"] for s in report["stages"]}
+    assert {"leakage@0", "nt-ensemble-0@1", "synth-det-nt@0", "eval-det-nt@1", "fig3-nt@0", "eval-rand-linf@0",
+            "eval-det-linf@1", "eval-r-noise@0"} <= ids
+    assert [c["id"] for c in report["distill_claims"]] == ["goh-leakage", "nakkiran-bugs", "linf-datasets",
+                                                           "dr-from-noise"]
+    assert all(c["parts"][0]["interval"] is not None for c in report["distill_claims"])
+    probe = report["distill"]["probe"]
+    assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det"))
+    text = (out / "report.md").read_text()
+    assert "## The Distill discussion" in text and "non-transferable D_det" in text
 
 
 def test_dry_run_estimate_is_within_a_factor_of_two_of_the_real_stage_times(reduced_run):

@@ -20,7 +20,7 @@ import torch
 from advfeat.errors import UserError
 from advfeat.pipelines import load_dataset
 from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard
-from advfeat.presets import Preset
+from advfeat.presets import EXTRAS, Preset
 from advfeat.reproduce.pipeline import Pipeline
 from advfeat.reproduce.plan import plan_stages
 from advfeat.reproduce.stages import DATASET, Sources
@@ -48,28 +48,34 @@ def check_devices(preset: Preset, device: str, gpus: int) -> torch.device:
 
 
 def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
-            log: Callable[[str], None] | None = None) -> tuple[Pipeline, Sources, torch.device]:
-    """Check the devices, find the data, plan the stages and key them."""
+            extras: tuple[str, ...] = (), log: Callable[[str], None] | None = None
+            ) -> tuple[Pipeline, Sources, torch.device]:
+    """Check the devices, find the data, plan the stages (the preset's extras and `extras`) and key them."""
     log = log or (lambda message: print(message, file=sys.stderr))
     torch_device = check_devices(preset, device, gpus)
     source = load_dataset(data)  # reads (or decodes once into the cache) the source data
     sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device)
     # Synthesis workers take the GPU of their rank; a single worker takes the one named.
     worker_device = device if gpus == 1 else torch_device.type
-    stages = plan_stages(preset, sources, torch_device, worker_device, gpus, log)
+    unknown = set(extras) - set(EXTRAS)
+    if unknown:
+        raise UserError(f"unknown extra {sorted(unknown)[0]!r}; choose from {', '.join(EXTRAS)}")
+    stages = plan_stages(preset, sources, torch_device, worker_device, gpus, log,
+                         extras=tuple(dict.fromkeys(preset.extras + tuple(extras))))
     return Pipeline(Path(out), stages, source.source["digest"], log), sources, torch_device
 
 
 def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
-              log: Callable[[str], None] | None = None) -> dict:
+              extras: tuple[str, ...] = (), log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) every stage of the preset, then write the report; returns its data."""
     started = time.perf_counter()
-    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, log=log)
+    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, extras=extras, log=log)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     pipeline.run_all()
     from advfeat.report import write_report
 
-    results = {"preset": preset.to_dict(), "data": {"path": sources.path, "digest": pipeline.data_digest},
+    results = {"preset": preset.to_dict(), "extras": list(dict.fromkeys(preset.extras + tuple(extras))),
+               "data": {"path": sources.path, "digest": pipeline.data_digest},
                "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
                "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
                "total_seconds": round(time.perf_counter() - started, 2)}
@@ -77,11 +83,12 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
 
 
 def dry_run(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
-            rates: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
+            extras: tuple[str, ...] = (), rates: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
     """The stages a run would execute, which are done, their work and an estimated time."""
     from advfeat.reproduce.estimate import estimate_plan
 
-    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, log=lambda message: None)
+    pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, extras=extras,
+                                              log=lambda message: None)
     return estimate_plan(pipeline, preset, sources, torch_device, rates=rates, log=log)
 
 

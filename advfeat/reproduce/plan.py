@@ -38,7 +38,10 @@ def _eval_work(preset: Preset, arch: str, n_test: int) -> Work:
     """An upper-bound-ish guess: half the examples survive to the last step of each eps."""
     main = n_test * preset.attack.steps * len(preset.eps) * 0.5
     sub = min(preset.strong_subset, n_test)
-    strong = sub * preset.strong_attack.steps * preset.strong_attack.restarts * len(preset.eps) * 0.5
+    strong = preset.strong_attack
+    # AutoAttack: APGD-CE, then APGD-T's targets on the (fewer) survivors.
+    runs = strong.restarts + (strong.target_classes / 2 if strong.family == "autoattack" else 0)
+    strong = sub * strong.steps * runs * len(preset.eps) * 0.5
     cw = sub * preset.cw_attack.steps * preset.cw_attack.cw_binary_steps
     return _attack_work(arch, 1, main + strong + cw, preset.attack.batch_size)
 
@@ -48,7 +51,16 @@ def train_config(preset: Preset, config: TrainConfig, seed: int) -> TrainConfig:
     return replace(config, seed=seed, eval_every=10**6)
 
 
-def plan_stages(preset: Preset, sources: Sources, device, device_name: str, gpus: int, log) -> list[Stage]:
+def synth_stage_for(name: str, seed: int, settings, source: str, preset: Preset, sources: Sources,
+                    device_name: str, gpus: int, log) -> Stage:
+    """A synthesis stage: `settings` (seed and subset included) with the model of stage `source`."""
+    return Stage(name, seed, {"settings": asdict(settings), "gpus": gpus}, (source,),
+                 synth_stage(settings, source, sources, device_name, gpus, log),
+                 _attack_work(preset.arch, preset.subset or 50000, settings.steps + 2, settings.batch_size))
+
+
+def plan_stages(preset: Preset, sources: Sources, device, device_name: str, gpus: int, log,
+                extras: tuple[str, ...] = ()) -> list[Stage]:
     n_train = preset.subset or 50000
     n_test = preset.test_subset or 10000
     stages: list[Stage] = []
@@ -68,24 +80,24 @@ def plan_stages(preset: Preset, sources: Sources, device, device_name: str, gpus
                          train_stage(config, load, device, log), _train_work(config, n_train)))
 
     for seed in range(preset.seeds):
+        def evaluate(name: str, model: str, dataset: str | None, seed=seed) -> str:
+            return add(Stage(f"eval-{name}", seed, _eval_settings(preset), (model,) + ((dataset,) if dataset else ()),
+                             evaluate_stage(model, sources, list(preset.eps), preset.attack, preset.strong_attack,
+                                            preset.cw_attack, preset.strong_subset, dataset, device),
+                             _eval_work(preset, preset.arch, n_test)))
+
         ids = {"standard": train("train-standard", seed, train_config(preset, preset.standard, seed), None),
                "robust": train("train-robust", seed, train_config(preset, preset.robust, seed), None)}
         datasets = {}
         for kind in KINDS:
             settings = replace(preset.synth[kind], seed=seed, subset=preset.subset)
             source = ids["robust" if kind == "r" else "standard"]
-            datasets[kind] = add(Stage(
-                f"synth-{kind}", seed, {"settings": asdict(settings), "gpus": gpus}, (source,),
-                synth_stage(settings, source, sources, device_name, gpus, log),
-                _attack_work(preset.arch, n_train, settings.steps + 2, settings.batch_size)))
+            datasets[kind] = add(synth_stage_for(f"synth-{kind}", seed, settings, source, preset, sources,
+                                                 device_name, gpus, log))
             ids[kind] = train(f"train-on-{kind}", seed, train_config(preset, preset.train_on[kind], seed),
                               datasets[kind])
         for name in MODELS:
-            dataset = datasets.get(name)
-            add(Stage(f"eval-{name}", seed, _eval_settings(preset), (ids[name],) + ((dataset,) if dataset else ()),
-                      evaluate_stage(ids[name], sources, list(preset.eps), preset.attack, preset.strong_attack,
-                                     preset.cw_attack, preset.strong_subset, dataset, device),
-                      _eval_work(preset, preset.arch, n_test)))
+            evaluate(name, ids[name], datasets.get(name))
         points = {}
         for arch in preset.transfer_archs:
             on_d = train(f"fig3-d-{arch}", seed,
@@ -100,6 +112,11 @@ def plan_stages(preset: Preset, sources: Sources, device, device_name: str, gpus
                   transfer_stage(ids["standard"], points, attack, preset.transfer_images, sources, device,
                                  preset.attack.batch_size),
                   _attack_work(preset.arch, min(preset.transfer_images, n_test), attack.steps, attack.batch_size)))
+        if "distill" in extras:
+            from advfeat.reproduce.distill import plan_distill
+
+            plan_distill(preset, seed, ids, datasets, points, add, train, sources, device, device_name, gpus, log,
+                         evaluate)
     add(Stage("theory", None, {}, (), theory_stage(), Work("fixed", fixed_seconds=4.0)))
     return stages
 

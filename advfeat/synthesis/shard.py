@@ -15,26 +15,13 @@ import time
 import numpy as np
 import torch
 
-from advfeat.attacks import MatchFeatures, ReachTarget, frozen, frozen_view, make_threat, pgd
-from advfeat.evaluation import predict_tensor
+from advfeat.attacks import MatchFeatures, ReachTarget, make_threat, pgd
+from advfeat.evaluation import features_of, predict_tensor
 from advfeat.pipelines.arrays import Split
 from advfeat.pipelines.synthesized import store_images
 from advfeat.pipelines.tensor_loader import to_unit_float
-from advfeat.runtime import autocast, prepare_input
 from advfeat.settings import SynthSettings
 from advfeat.synthesis.plan import noise_starts
-
-
-@torch.no_grad()
-def features_of(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The penultimate representation g(x), batch_size images at a time."""
-    out = []
-    with frozen(model):
-        forward = frozen_view(model, False, x.device)
-        for i in range(0, len(x), batch_size):
-            with autocast(x.device):
-                out.append(forward(prepare_input(x[i:i + batch_size]), return_features=True)[1].float())
-    return torch.cat(out) if out else x.new_zeros(0, getattr(model, "feature_dim", 0))
 
 
 def relative_distance(model, z: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:

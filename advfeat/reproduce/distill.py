@@ -1,0 +1,183 @@
+"""`--extra distill`: the experiments of the paper's Distill discussion (2019), as stages.
+
+Per seed s, beside the main stages (plan.py):
+    leakage@s                  Goh (response 2): a linear probe on the robust model's features,
+                               trained on D_rand and on D_det, tested on the real test set
+    nt-ensemble-{i}@s          Nakkiran (response 5): independently trained models on D ...
+    synth-det-nt@s             ... a D_det whose examples fool the source but not the ensemble
+    train-on-det-nt@s, eval-det-nt@s, fig3-nt@s   what it teaches, and its Figure 3 point
+    synth-{rand,det}-linf@s    the L-inf replications of D_rand and D_det (eps 8/255)
+    synth-r-noise@s            D_R inverted from noise, as the authors' inversion code starts
+    train-on-*@s, eval-*@s     a standard model on each, evaluated like the main ones
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+
+from advfeat import __version__
+from advfeat.attacks import make_threat, pgd
+from advfeat.attacks.nontransferable import ReachTargetKeepEnsemble, StackedLogits, targets_and_labels
+from advfeat.checkpoint import load_model
+from advfeat.evaluation import features_of, predict_tensor
+from advfeat.io import write_json
+from advfeat.pipelines import content_digest
+from advfeat.pipelines.arrays import Split
+from advfeat.pipelines.synthesized import CARD, store_images, write_shard
+from advfeat.pipelines.tensor_loader import to_unit_float
+from advfeat.probes import fit_linear_probe, probe_accuracy
+from advfeat.reproduce.pipeline import Stage, Work
+from advfeat.reproduce.stages import DATASET, MODEL, Sources
+from advfeat.settings import SynthSettings
+
+ENSEMBLE_SEED_OFFSET = 2000  # the ensemble's models never share a seed with the source or Figure 3's
+LINF_EPS, LINF_STEP = 8 / 255, 2 / 255  # the L-inf replications' radius (Nakkiran: 8/255, steps of 2/255)
+
+
+def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: Sources, seed: int, batch_size: int,
+                  device, log):
+    """Goh's probe: a linear classifier on the robust model's penultimate features, fit on each
+    dataset (and on D itself, for scale), tested on the real test set's true labels."""
+
+    def run(ctx) -> dict:
+        from advfeat.pipelines import load_dataset
+
+        robust, card = load_model(ctx.folder_of(robust_stage) / MODEL, device)
+        notes = []
+        if not card.get("robust"):
+            notes.append("the probe's model was trained without adversarial training: its features are not robust")
+            log(f"advfeat: warning: {notes[-1]}")
+        x_test, y_test = sources.test_tensors()
+        test_features = features_of(robust, x_test, batch_size)
+        result = {"notes": notes}
+        splits = {"d": sources.train_data(seed).train}
+        splits |= {kind: load_dataset(ctx.folder_of(stage) / DATASET, test_data=sources.path).train
+                   for kind, stage in dataset_stages.items()}
+        for name, split in splits.items():
+            x = to_unit_float(torch.from_numpy(split.images).to(device))
+            y = torch.from_numpy(split.labels).to(device)
+            probe = fit_linear_probe(features_of(robust, x, batch_size), y, robust.num_classes)
+            result[name] = probe_accuracy(probe, test_features, y_test)
+        return result
+
+    return run
+
+
+def _write_dataset(folder, arrays: dict, source: dict, settings: dict, stats: dict, kind: str) -> None:
+    """One shard and a card: a folder `load_dataset` reads like any advfeat dataset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_shard(folder, 0, arrays)
+    train = Split(arrays["images"], arrays["labels"], arrays["source_index"])
+    write_json(folder / CARD, {
+        "kind": kind, "format": "advfeat-dataset", "format_version": 2, "advfeat_version": __version__,
+        "shards": 1, "n": len(train), "storage": str(arrays["images"].dtype), "settings": settings,
+        "source": {k: source.get(k) for k in ("format", "path", "digest", "subset")}, "stats": stats,
+        "digest": content_digest(train),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+
+
+def _nontransferable(source, ensemble, x, y, attack: SynthSettings):
+    """Targeted examples toward y + 1 for the source that the ensemble should still label y."""
+    target = (y + 1) % source.num_classes
+    model = StackedLogits(source, ensemble)
+    result = pgd(model, x, targets_and_labels(target, y), threat=make_threat(attack.norm, attack.eps, "none"),
+                 steps=attack.steps, step_size=attack.step_size, objective=ReachTargetKeepEnsemble(), keep="best",
+                 batch_size=attack.batch_size)
+    return result.x_adv, target, result
+
+
+def nontransferable_synth_stage(source_stage: str, ensemble_stages: list[str], attack: SynthSettings,
+                                sources: Sources, seed: int, device):
+    """D_det-nt: D's images pushed toward y + 1 for the source only, labelled y + 1."""
+
+    def run(ctx) -> dict:
+        source, _ = load_model(ctx.folder_of(source_stage) / MODEL, device)
+        ensemble = [load_model(ctx.folder_of(s) / MODEL, device)[0] for s in ensemble_stages]
+        data = sources.train_data(seed)
+        x = to_unit_float(torch.from_numpy(data.train.images).to(device))
+        y = torch.from_numpy(data.train.labels).to(device)
+        crafted, target, result = _nontransferable(source, ensemble, x, y, attack)
+        stored = store_images(crafted.cpu().numpy(), attack.storage)
+        restored = to_unit_float(torch.from_numpy(stored).to(device))
+        kept = torch.stack([predict_tensor(m, restored, attack.batch_size) == y for m in ensemble]).float().mean()
+        fooled = predict_tensor(source, restored, attack.batch_size) == target
+        stats = {"n": len(y), "target_success": float(result.success.float().mean()),
+                 "stored_success": float(fooled.float().mean()),
+                 "ensemble_keeps_label": float(kept), "image_steps_per_s": round(result.image_steps_per_s, 1)}
+        arrays = {"images": stored, "labels": target.cpu().numpy(), "orig_labels": data.train.labels,
+                  "position": np.arange(len(y)), "source_index": data.train.source_index}
+        _write_dataset(ctx.folder / DATASET, arrays, data.source, asdict(attack) | {"ensemble": len(ensemble)},
+                       stats, "det-nt")
+        return {"stats": stats}
+
+    return run
+
+
+def nontransferable_transfer_stage(source_stage: str, ensemble_stages: list[str], target_stage: str,
+                                   learner_eval: str, attack: SynthSettings, n: int, sources: Sources, device):
+    """D_det-nt's Figure 3 point: transfer of non-transferable examples crafted on test images to
+    a model trained on D (the source's architecture, another seed); learnability: the test
+    accuracy of the model trained on D_det-nt."""
+
+    def run(ctx) -> dict:
+        source, _ = load_model(ctx.folder_of(source_stage) / MODEL, device)
+        ensemble = [load_model(ctx.folder_of(s) / MODEL, device)[0] for s in ensemble_stages]
+        other, _ = load_model(ctx.folder_of(target_stage) / MODEL, device)
+        x, y = sources.test_tensors()
+        crafted, target, _ = _nontransferable(source, ensemble, x[:n], y[:n], attack)
+        fooled = predict_tensor(source, crafted, attack.batch_size) == target
+        hit = predict_tensor(other, crafted, attack.batch_size) == target
+        return {"n": n, "source_success": float(fooled.float().mean()),
+                "transfer_rate": float(hit[fooled].float().mean()) if fooled.any() else None,
+                "det_accuracy": ctx.result_of(learner_eval)["clean_accuracy"]}
+
+    return run
+
+
+def plan_distill(preset, seed: int, ids: dict, datasets: dict, points: dict, add, train, sources: Sources,
+                 device, device_name: str, gpus: int, log, evaluate) -> None:
+    """Add the Distill stages of one seed. `add`, `train` and `evaluate` add stages (plan.py);
+    ids: model stage ids; datasets: synthesis stage ids; points: Figure 3's (D, D_det) stages."""
+    from advfeat.reproduce.plan import synth_stage_for, train_config
+
+    n_train, batch = preset.subset or 50000, preset.attack.batch_size
+    add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_subset": preset.test_subset},
+              (ids["robust"], datasets["rand"], datasets["det"]),
+              leakage_stage(ids["robust"], {"rand": datasets["rand"], "det": datasets["det"]}, sources, seed, batch,
+                            device, log),
+              Work("attack", preset.arch, n_train, batch)))  # forward passes over D, D_rand, D_det: ~1 step
+    # Nakkiran's non-transferable D_det: an ensemble of independently trained models on D.
+    ensemble = [train(f"nt-ensemble-{i}", seed, train_config(preset, preset.standard,
+                                                             seed + ENSEMBLE_SEED_OFFSET + i), None)
+                for i in range(preset.distill_ensemble)]
+    attack = replace(preset.synth["det"], seed=seed, subset=preset.subset)
+    nt = add(Stage("synth-det-nt", seed, {"attack": asdict(attack), "ensemble": len(ensemble)},
+                   (ids["standard"], *ensemble),
+                   nontransferable_synth_stage(ids["standard"], ensemble, attack, sources, seed, device),
+                   Work("attack", preset.arch, n_train * (attack.steps + 2) * (1 + len(ensemble)),
+                        attack.batch_size)))
+    extra = {"det-nt": nt}
+    # The L-inf replications and D_R from noise: the main synthesis with one setting changed.
+    for name, kind, change in (("rand-linf", "rand", dict(norm="linf", eps=LINF_EPS, step_size=LINF_STEP)),
+                               ("det-linf", "det", dict(norm="linf", eps=LINF_EPS, step_size=LINF_STEP)),
+                               ("r-noise", "r", dict(start="noise"))):
+        settings = replace(preset.synth[kind], seed=seed, subset=preset.subset, **change)
+        source = ids["robust" if kind == "r" else "standard"]
+        extra[name] = add(synth_stage_for(f"synth-{name}", seed, settings, source, preset, sources, device_name, gpus,
+                                          log))
+    for name, dataset in extra.items():
+        kind = name.split("-")[0]
+        ids[name] = train(f"train-on-{name}", seed, train_config(preset, preset.train_on[kind], seed), dataset)
+        evaluate(name, ids[name], dataset)
+    on_d = points[preset.arch][0] if preset.arch in points else None
+    if on_d is not None:
+        add(Stage("fig3-nt", seed, {"attack": asdict(attack), "n": preset.transfer_images},
+                  (ids["standard"], *ensemble, on_d, f"eval-det-nt@{seed}"),
+                  nontransferable_transfer_stage(ids["standard"], ensemble, on_d, f"eval-det-nt@{seed}", attack,
+                                                 preset.transfer_images, sources, device),
+                  Work("attack", preset.arch, preset.transfer_images * attack.steps * (1 + len(ensemble)),
+                       attack.batch_size)))
