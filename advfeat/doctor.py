@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from advfeat import __version__
 from advfeat.errors import UserError
 from advfeat.io import atomic_path, write_json
-from advfeat.runtime import autocast, device_name, git_commit, prepare_input, prepare_model, resolve_device
+from advfeat.runtime import (autocast, bf16_peak, device_name, git_commit, prepare_input, prepare_model,
+                             resolve_device)
 
 # The checks, in the order they run; check `name` is the function `check_<name>`, looked up when
 # it runs (so a test can replace one).
@@ -68,10 +69,6 @@ BUDGETS = {"environment": (10, 15), "kernels": (45, 60), "compile": (75, 150), "
 NEEDS_CUDA = ("Triton kernels compiled for the GPU (the CPU runs them in Triton's interpreter)",
               "bf16 autocast vs fp32", "compiled PGD throughput", "NCCL synthesis workers",
               "DALI GPU (nvJPEG) decoding", "fraction of the GPU's bf16 peak")
-# Dense bf16 tensor-core peaks in FLOP/s, matched against the device name in order (so "H100 PCIe"
-# is tried before the SXM part, named just "H100 ..."); ADVFEAT_PEAK_TFLOPS overrides. A copy of
-# bench/bench_attacks.py's table.
-BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 KERNEL_TOLERANCE = 1e-5  # max |triton - reference| / max(1, |reference|), outputs in [0, 1] or norms
 MARKER = "ADVFEAT_DOCTOR_JSON "  # the line a child process reports on
 # Throughput: the architectures measured in detail (rates, FLOPs, inversion, compiled PGD on CUDA),
@@ -753,16 +750,6 @@ def check_distributed(ctx: Context):
 
 
 # --------------------------------------------------------------------------- throughput
-
-
-def bf16_peak(device: torch.device) -> float | None:
-    """Dense bf16 FLOP/s of the device: $ADVFEAT_PEAK_TFLOPS, else looked up by name."""
-    if os.environ.get("ADVFEAT_PEAK_TFLOPS"):
-        return float(os.environ["ADVFEAT_PEAK_TFLOPS"]) * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAKS if key in name), None)
 
 
 def step_flops(model, x: torch.Tensor, y: torch.Tensor, device: torch.device, inversion: bool = False) -> float:

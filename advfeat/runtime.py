@@ -37,6 +37,21 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# Dense bf16 tensor-core peaks in FLOP/s, matched against the device name in order (so "H100 PCIe"
+# is tried before the SXM part, which is named just "H100 ...").
+BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    """Dense bf16 FLOP/s of the device: $ADVFEAT_PEAK_TFLOPS, else looked up by name (None on a CPU)."""
+    if os.environ.get("ADVFEAT_PEAK_TFLOPS"):
+        return float(os.environ["ADVFEAT_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAKS if key in name), None)
+
+
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 elsewhere."""
     if enabled and device.type == "cuda":

@@ -20,7 +20,6 @@ peak is known.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -30,14 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from advfeat.attacks import frozen, make_threat, pgd
 from advfeat.models import create_model
-from advfeat.runtime import autocast, prepare_input, prepare_model
+from advfeat.runtime import autocast, bf16_peak, prepare_input, prepare_model
 
 EPS, STEP_SIZE = 0.5, 0.1
 CPU_CASES, CPU_STEPS, CPU_ROUNDS = [("tiny", 128), ("small", 128)], 10, 3
 CUDA_CASES, CUDA_STEPS, CUDA_ROUNDS = [(a, b) for a in ("resnet18", "resnet50") for b in (512, 1024)], 20, 5
-# Dense bf16 tensor-core peaks in FLOP/s, matched against the device name in order
-# (so "H100 PCIe" is tried before the SXM part, which is named just "H100 ...").
-BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 _baseline_rate: dict[str, float] = {}  # group -> baseline image-steps/s, read by the cases after it
@@ -103,16 +99,6 @@ def attack_step_flops(model, x, y, device: torch.device) -> float:
             logits = model(prepare_input(x, device))
         F.cross_entropy(logits.float(), y, reduction="none").sum().backward()
     return counter.get_total_flops() / len(x)
-
-
-def bf16_peak(device: torch.device) -> float | None:
-    """Dense bf16 FLOP/s of the device: $ADVFEAT_PEAK_TFLOPS, else looked up by name."""
-    if os.environ.get("ADVFEAT_PEAK_TFLOPS"):
-        return float(os.environ["ADVFEAT_PEAK_TFLOPS"]) * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in BF16_PEAKS if key in name), None)
 
 
 def run_attack(benchmark, measure, impl: str, arch: str, batch: int, steps: int, rounds: int, device):

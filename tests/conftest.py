@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from advfeat.pipelines import CIFAR10_CLASSES
 
@@ -129,3 +130,28 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
         except SystemExit as exit_:
             code = exit_.code
     return code, out.getvalue(), err.getvalue()
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous: torchattacks .view()s it, and
+    advfeat's channels_last frozen view returns channels_last gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class ContiguousGradient(torch.nn.Module):
+    """A model wrapped so that the gradient w.r.t. its input comes back contiguous (for
+    torchattacks, which .view()s it)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(_ContiguousGrad.apply(x))

@@ -19,6 +19,8 @@ from advfeat.evaluation import autoattack_accuracy
 from advfeat.errors import UserError
 from advfeat.models import create_model
 
+from conftest import ContiguousGradient
+
 torchattacks = pytest.importorskip("torchattacks")
 
 
@@ -52,28 +54,6 @@ class Quantized(nn.Module):
 
     def forward(self, x, return_features=False):
         return self.inner(torch.round(x * 3) / 3, return_features=return_features)
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the gradient contiguous: torchattacks .view()s it, and
-    advfeat's channels_last frozen view returns channels_last gradients."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-class ContiguousGradient(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_ContiguousGrad.apply(x))
 
 
 @pytest.fixture(scope="module")

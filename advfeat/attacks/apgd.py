@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Objective
-from advfeat.attacks.pgd import _ladder_width, _rows, check_targets, objective_and_gradient, objective_only, read_alive
+from advfeat.attacks.pgd import (Slots, check_targets, ladder_width, objective_and_gradient, objective_only,
+                                 read_alive, rows)
 from advfeat.attacks.threats import ThreatModel, make_threat
 from advfeat.errors import UserError
 from advfeat.kernels import batch_l2_norm
@@ -180,7 +181,7 @@ class Results:
 # --------------------------------------------------------------------------- the slot batch
 
 
-class APGDSlots:
+class APGDSlots(Slots):
     """The batch the model sees: one example per slot, each at its own iteration k.
 
     Device state per slot (all of APGD's state is per example):
@@ -250,8 +251,8 @@ class APGDSlots:
         idx = self.idx[pos]
         success, best_loss = self.success[pos], self.best_loss[pos]
         higher = best_loss > results.loss[idx]
-        keep = torch.where(_rows(higher, self.best_x), self.best_x[pos], results.x[idx])
-        results.x[idx] = torch.where(_rows(success, self.adv_x), self.adv_x[pos], keep)
+        keep = torch.where(rows(higher, self.best_x), self.best_x[pos], results.x[idx])
+        results.x[idx] = torch.where(rows(success, self.adv_x), self.adv_x[pos], keep)
         results.loss[idx] = torch.maximum(results.loss[idx], best_loss)
         results.success[idx] |= success
         results.success_iteration[idx] = torch.where(success, self.success_t[pos], results.success_iteration[idx])
@@ -260,15 +261,6 @@ class APGDSlots:
         self.idx[pos] = self.pad
         self.alive[pos] = False
         self.busy[positions] = False
-
-    def shrink(self, width: int) -> None:
-        """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
-        keep = np.flatnonzero(self.busy)
-        order = np.concatenate([keep, np.flatnonzero(~self.busy)])[:width]
-        index = torch.as_tensor(order, device=self.idx.device)
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name)[index])
-        self.busy, self.t_host, self.width = self.busy[order], self.t_host[order], width
 
 
 # --------------------------------------------------------------------------- the attack
@@ -405,8 +397,8 @@ def _run_restart(forward, plan: Plan, queue: np.ndarray, starts: torch.Tensor, x
         busy = int(slots.busy.sum())
         if busy == 0:
             return
-        if taken == len(queue) and _ladder_width(slots.width, busy) < slots.width:
-            slots.shrink(_ladder_width(slots.width, busy))
+        if taken == len(queue) and ladder_width(slots.width, busy) < slots.width:
+            slots.shrink(ladder_width(slots.width, busy))
         _step(forward, slots, plan, first_restart, state)
         iteration += 1
 
@@ -441,7 +433,7 @@ def _record_success(slots: APGDSlots, success: torch.Tensor) -> None:
     """Keep each example's first successful iterate (retirement stops there anyway, so with
     or without it the attack returns the same point)."""
     first = success & ~slots.success
-    slots.adv_x = torch.where(_rows(first, slots.x), slots.x, slots.adv_x)
+    slots.adv_x = torch.where(rows(first, slots.x), slots.x, slots.adv_x)
     slots.success_t = torch.where(first, slots.t, slots.success_t)
     slots.success = slots.success | first
 
@@ -451,10 +443,10 @@ def _record_loss(slots: APGDSlots, alive, fresh, value: torch.Tensor, grad: torc
     slots.increases = slots.increases + (alive & ~fresh & (value > slots.loss_prev))
     slots.loss_prev = torch.where(alive, value, slots.loss_prev)
     higher = alive & (fresh | (value > slots.best_loss))
-    slots.best_x = torch.where(_rows(higher, slots.x), slots.x, slots.best_x)
+    slots.best_x = torch.where(rows(higher, slots.x), slots.x, slots.best_x)
     slots.best_loss = torch.where(higher, value, slots.best_loss)
     if grad is not None:
-        slots.best_grad = torch.where(_rows(higher, grad), grad, slots.best_grad)
+        slots.best_grad = torch.where(rows(higher, grad), grad, slots.best_grad)
     # The start is checkpoint 0: "has the best loss improved since" compares with its loss.
     slots.check_loss = torch.where(fresh, value, slots.check_loss)
 
@@ -470,11 +462,11 @@ def _checkpoint(slots: APGDSlots, alive, grad: torch.Tensor, windows: torch.Tens
     stalls = ~slots.reduced & (slots.best_loss <= slots.check_loss)
     halve = at_check & (oscillates | stalls)
     slots.eta = torch.where(halve, slots.eta / 2, slots.eta)
-    slots.x = torch.where(_rows(halve, slots.x), slots.best_x, slots.x)
+    slots.x = torch.where(rows(halve, slots.x), slots.best_x, slots.x)
     slots.reduced = torch.where(at_check, halve, slots.reduced)
     slots.check_loss = torch.where(at_check, slots.best_loss, slots.check_loss)
     slots.increases = torch.where(at_check, 0, slots.increases)
-    return torch.where(_rows(halve, grad), slots.best_grad, grad)
+    return torch.where(rows(halve, grad), slots.best_grad, grad)
 
 
 def _momentum_step(slots: APGDSlots, grad: torch.Tensor, fresh: torch.Tensor, threat: ThreatModel) -> None:
@@ -485,9 +477,9 @@ def _momentum_step(slots: APGDSlots, grad: torch.Tensor, fresh: torch.Tensor, th
     if threat.name == "linf":
         direction = grad.sign()
     else:
-        direction = grad / _rows(batch_l2_norm(grad).clamp(min=1e-12), grad)
-    z = threat.project(x + _rows(slots.eta, x) * direction, x0)
-    a = _rows(torch.where(fresh, 1.0, MOMENTUM), x)
+        direction = grad / rows(batch_l2_norm(grad).clamp(min=1e-12), grad)
+    z = threat.project(x + rows(slots.eta, x) * direction, x0)
+    a = rows(torch.where(fresh, 1.0, MOMENTUM), x)
     slots.x_prev, slots.x = x, threat.project(x + a * (z - x) + (1 - a) * (x - slots.x_prev), x0)
 
 

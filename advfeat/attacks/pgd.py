@@ -104,7 +104,7 @@ def check_targets(target: torch.Tensor, num_classes: int | None) -> None:
 # --------------------------------------------------------------------------- the slot batch
 
 
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-slot mask shaped to broadcast over per-slot images."""
     return mask.view(-1, *[1] * (like.dim() - 1))
 
@@ -122,10 +122,31 @@ class Results:
         self.zero_grad = torch.zeros(n + 1, dtype=torch.bool, device=device)
 
 
-class SlotBatch:
-    """The batch the model sees. Device state per slot: example index, iterate, clean image,
-    target, steps taken, alive (busy and not finished), and the best iterate so far. Host
-    state per slot: busy, and steps taken (exact for every busy slot that has not retired)."""
+class Slots:
+    """What every slot batch shares (PGD's here, APGD's in apgd.py): `width` slots whose device
+    state is the tensors named in FIELDS (one row per slot), and host state per slot: busy, and
+    steps taken (exact for every busy slot that has not retired)."""
+
+    FIELDS: tuple[str, ...] = ()
+    width: int
+    busy: np.ndarray
+    t_host: np.ndarray
+
+    def shrink(self, width: int) -> None:
+        """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
+        keep = np.flatnonzero(self.busy)
+        order = np.concatenate([keep, np.flatnonzero(~self.busy)])[:width]
+        index = torch.as_tensor(order, device=self.idx.device)
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name)[index])
+        self.busy, self.t_host, self.width = self.busy[order], self.t_host[order], width
+
+
+class SlotBatch(Slots):
+    """PGD's batch. Device state per slot: example index, iterate, clean image, target, steps
+    taken, alive (busy and not finished), and the best iterate so far."""
+
+    FIELDS = ("idx", "x", "x0", "target", "t", "alive", "best_x", "best_objective", "best_success", "zero_grad")
 
     def __init__(self, width: int, x0p: torch.Tensor, targetp: torch.Tensor, pad: int):
         device = x0p.device
@@ -174,23 +195,13 @@ class SlotBatch:
         self.alive[pos] = False
         self.busy[positions] = False
 
-    def shrink(self, width: int) -> None:
-        """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
-        keep = np.flatnonzero(self.busy)
-        order = np.concatenate([keep, np.flatnonzero(~self.busy)])[:width]
-        index = torch.as_tensor(order, device=self.idx.device)
-        for name in ("idx", "x", "x0", "target", "t", "alive", "best_x", "best_objective", "best_success",
-                     "zero_grad"):
-            setattr(self, name, getattr(self, name)[index])
-        self.busy, self.t_host, self.width = self.busy[order], self.t_host[order], width
 
-
-def read_alive(slots: SlotBatch) -> np.ndarray:
+def read_alive(slots: Slots) -> np.ndarray:
     """The device's alive flags on the host: the engine's only host-device sync in a step."""
     return slots.alive.cpu().numpy()
 
 
-def _ladder_width(width: int, busy: int) -> int:
+def ladder_width(width: int, busy: int) -> int:
     """The smallest of width, width/2, width/4, ... (rounded up) that holds `busy` slots."""
     while width > 1 and -(-width // 2) >= busy:
         width = -(-width // 2)
@@ -280,8 +291,8 @@ def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threa
         busy = int(slots.busy.sum())
         if busy == 0:
             return
-        if taken == len(queue) and _ladder_width(slots.width, busy) < slots.width:
-            slots.shrink(_ladder_width(slots.width, busy))
+        if taken == len(queue) and ladder_width(slots.width, busy) < slots.width:
+            slots.shrink(ladder_width(slots.width, busy))
         _step(forward, slots, objective, steps, step_size, keep, retire, threat, first_restart, state)
         iteration += 1
 
@@ -321,7 +332,7 @@ def _step(forward, slots: SlotBatch, objective: Objective, steps: int, step_size
 
 
 def _keep_better(slots: SlotBatch, better: torch.Tensor, value: torch.Tensor, success: torch.Tensor) -> None:
-    slots.best_x = torch.where(_rows(better, slots.x), slots.x, slots.best_x)
+    slots.best_x = torch.where(rows(better, slots.x), slots.x, slots.best_x)
     slots.best_objective = torch.where(better, value, slots.best_objective)
     slots.best_success = torch.where(better, success, slots.best_success)
 
