@@ -150,8 +150,10 @@ def distill_claims_at(eps: float) -> tuple[Claim, ...]:
         Claim("goh-leakage", "D_det controls for robust-feature leakage (Goh; the authors' reply)",
               "Goh (response 2): a linear classifier on a robust linear model's features gets 6.81% trained on D_det "
               "and 23.5% on D_rand (out of 44% / 88%)",
-              (Part("robust-feature probe trained on D_det: test acc. - chance (10%)", "below", 0.05,
-                    lambda o: o.stage_value_above_chance("leakage", "det")),)),
+              (Part("probe on the robust network's features, trained on D_det: test acc. - chance (10%)", "below",
+                    0.05, lambda o: o.stage_value_above_chance("leakage", "det")),
+               Part("probe on a robust linear model's features (Goh's), trained on D_det: test acc. - chance (10%)",
+                    "below", 0.05, lambda o: o.stage_value_above_chance("leakage", "linear-det")))),
         Claim("nakkiran-bugs", "Non-transferable adversarial examples teach almost nothing (Nakkiran)",
               "Nakkiran (response 5, ResNet-18, L2): trained on his non-transferable D_det, 2.8% on the true labels "
               "(70.8% on y+1), against 33.2% for PGD's D_det",

@@ -19,6 +19,7 @@ import numpy as np
 from advfeat.claims import Outcomes, judge
 from advfeat.io import atomic_path, save_figure, write_json
 from advfeat.pipelines import CIFAR10_CLASSES
+from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard
 from advfeat.reference import D6_REPLICATION, FIGURE3, FIGURE3_SOURCE, PAPER_SETTING, paper
 from advfeat.stats import LEVEL, mean_interval, wilson_interval
 
@@ -179,21 +180,28 @@ def _errors(cells: list[dict | None]) -> np.ndarray:
     return 100 * np.array([lows, highs])
 
 
-def draw_bars(rows: list[dict], path: Path) -> None:
-    """Figure 2b: clean and robust (eps 0.25) accuracy of the models trained on D, D_R, D_NR,
-    with 95% intervals; the paper's ResNet-50 values as black ticks (a reference)."""
+def draw_bars(rows: list[dict], path: Path, claim_eps: float = 0.25) -> None:
+    """Figure 2b: clean and robust (eps 0.25, and the claims' eps when another) accuracy of the
+    models trained on D, D_R, D_NR, with 95% intervals; the paper's ResNet-50 values as black
+    ticks (a reference)."""
     plt = _pyplot()
     keys = ["standard", "robust", "r", "nr"]
     chosen = [r for r in rows if r["key"] in keys]
     at = np.arange(len(chosen))
+    metrics = [("clean", "clean (ours)"), ("robust@0.25", "robust eps=0.25 (ours)")]
+    if claim_eps != 0.25:
+        metrics.append((f"robust@{claim_eps:g}", f"robust eps={claim_eps:g} (ours)"))
+    width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    for dx, metric, label in ((-0.2, "clean", "clean (ours)"), (0.2, "robust@0.25", "robust eps=0.25 (ours)")):
-        cells = [r[metric] for r in chosen]
-        ax.bar(at + dx, [100 * _mean(c) for c in cells], 0.4, yerr=_errors(cells), capsize=3, label=label)
+    for j, (metric, label) in enumerate(metrics):
+        dx = (j - (len(metrics) - 1) / 2) * width
+        cells = [r.get(metric) for r in chosen]
+        ax.bar(at + dx, [100 * _mean(c) for c in cells], width, yerr=_errors(cells), capsize=3, label=label)
         for i, r in enumerate(chosen):
-            ref = r[f"paper_{metric}"]
+            ref = r.get(f"paper_{metric}")
             if ref is not None:
-                ax.plot([i + dx - 0.18, i + dx + 0.18], [100 * ref["value"]] * 2, color="black", lw=1.5)
+                ax.plot([i + dx - width * 0.45, i + dx + width * 0.45], [100 * ref["value"]] * 2, color="black",
+                        lw=1.5)
     ax.plot([], [], color="black", lw=1.5, label="paper (ResNet-50)")
     ax.set_xticks(at, ["D (std)", "D (adv)", "D_R", "D_NR"])
     ax.set_ylabel("test accuracy (%)")
@@ -249,13 +257,15 @@ def _attack_name(spec: dict) -> str:
     return f"a stronger PGD ({spec['steps']} steps x {spec['restarts']} restarts)"
 
 
-def cell(c: dict | None, ref: dict | None = None) -> str:
-    """'38.0 [35.1, 40.9]': a mean (%) with its 95% interval."""
+def cell(c: dict | None) -> str:
+    """'38.0 [35.1, 40.9]': an accuracy's mean (%) with its 95% interval, clipped to [0, 100]
+    (a t interval is symmetric and can cross the bounds an accuracy cannot)."""
     if c is None:
         return "–"
     if c.get("low") is None:
         return f"{100 * c['estimate']:.1f}"
-    return f"{100 * c['estimate']:.1f} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]"
+    low, high = max(c["low"], 0.0), min(c["high"], 1.0)
+    return f"{100 * c['estimate']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def reference_cell(ref: dict | None) -> str:
@@ -263,11 +273,12 @@ def reference_cell(ref: dict | None) -> str:
 
 
 def _interval_text(interval: dict | None, percent: bool = True) -> str:
+    """An effect with its interval: points of accuracy, or a correlation."""
     if interval is None:
         return "–"
-    k = 100 if percent else 1
-    unit = " pts" if percent else ""
-    return f"{k * interval['estimate']:+.1f}{unit} [{k * interval['low']:+.1f}, {k * interval['high']:+.1f}]"
+    if not percent:
+        return f"r = {interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+    return f"{100 * interval['estimate']:+.1f} pts [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
 
 
 def _claims_section(claims: list[dict], seeds: int, n_test: int) -> list[str]:
@@ -303,11 +314,11 @@ def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: l
     seeds = preset["seeds"]
     n_test = preset["test_subset"] or 10000
     lines = [f"# advfeat reproduction: preset `{preset['name']}`", "",
-             f"{preset['description']}", "",
+             f"{preset['description'][:1].upper()}{preset['description'][1:]}", "",
              f"Device: {results['device']} (synthesis workers: {results['gpus']}). Data: `{results['data']['path']}` "
              f"(digest {str(results['data']['digest'])[:12]}), {preset['subset'] or 'all 50,000'} training images "
              f"drawn per seed, {n_test} test images shared by every seed. Model: {preset['arch']}. Seeds: {seeds}. "
-             f"Wall-clock time of this run: {results['total_seconds']:.0f} s.", "",
+             f"{_time_text(results)}", "",
              "Where this preset departs from the paper:", ""]
     lines += [f"- {d}" for d in preset["deviations"]] + [""]
     lines += _claims_section(claims, seeds, n_test) + [""]
@@ -382,15 +393,37 @@ def render_markdown(results: dict, rows: list[dict], claims: list[dict], fig3: l
     return "\n".join(lines)
 
 
+def _slim(record: dict) -> dict:
+    """A stage's record for report.json: what it was, when reused, how long, how fast."""
+    result = record.get("result", {})
+    slim = {k: record[k] for k in ("id", "name", "seed", "key", "seconds", "cached") if k in record}
+    if result.get("images_per_s"):
+        slim["training_images_per_s"] = result["images_per_s"]
+    elif "image_steps_per_s" in result.get("stats", {}):
+        slim["image_steps_per_s"] = result["stats"]["image_steps_per_s"]
+    return slim
+
+
+def _time_text(results: dict) -> str:
+    """This run's wall clock, and what the stages it reused cost the runs that made them (a
+    report over a folder that an earlier run filled would otherwise look cheaper than it was)."""
+    stages = results["stages"]
+    text = f"Wall-clock time of this run: {results['total_seconds']:.0f} s."
+    reused = [s["seconds"] for s in stages if s.get("cached")]
+    if reused:
+        text += (f" {len(reused)} of its {len(stages)} stages were reused from earlier runs, which spent "
+                 f"{sum(reused):.0f} s on them; all stages together: {sum(s['seconds'] for s in stages):.0f} s.")
+    return text
+
+
 def _stage_rows(stages: list[dict]) -> list[str]:
     lines = ["| stage | reused | seconds | throughput |", "|---|---|---|---|"]
-    for s in stages:
-        result = s.get("result", {})
+    for s in map(_slim, stages):
         speed = ""
-        if result.get("images_per_s"):
-            speed = f"{result['images_per_s']:.0f} training images/s"
-        elif "stats" in result:
-            speed = f"{result['stats']['image_steps_per_s']:.0f} image-steps/s"
+        if "training_images_per_s" in s:
+            speed = f"{s['training_images_per_s']:.0f} training images/s"
+        elif "image_steps_per_s" in s:
+            speed = f"{s['image_steps_per_s']:.0f} image-steps/s"
         lines.append(f"| {s['id']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {speed} |")
     return lines
 
@@ -413,7 +446,11 @@ def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_r
     return {
         "claims": judge(outcomes, claims=distill_claims_at(claim_eps)),
         "rows": table_rows(evals, eps_list, DISTILL_ROWS),
-        "probe": {name: summarize([r[name] for r in leakage.values()]) for name in ("d", "rand", "det")},
+        "probe": {name: summarize([r[name] for r in leakage.values() if name in r])
+                  for name in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det")},
+        "linear_model": {name: summarize([r["linear_model"][name] for r in leakage.values() if "linear_model" in r])
+                         for name in ("clean_accuracy", "certified_stable_at_0.25")}
+        | {"train_eps": sorted({r["linear_model"]["train_eps"] for r in leakage.values() if "linear_model" in r})},
         "probe_notes": sorted({n for r in leakage.values() for n in r.get("notes", [])}),
         "nontransferable": {
             "target_success": summarize([s["target_success"] for s in nt_synth]),
@@ -429,11 +466,19 @@ def _distill_section(distill: dict) -> list[str]:
              "interval, judged by the same rule as the main claims.", ""]
     lines += _claims_table(distill["claims"], "the Distill article (reference, its setting)")
     probe, nt = distill["probe"], distill["nontransferable"]
-    lines += ["", "Goh's robust-feature probe: a linear classifier on the penultimate features of the (adversarially "
-              "trained) robust model, fit on each training set, tested on the real test set's true labels.", "",
-              "| probe trained on | test accuracy |", "|---|---|",
-              f"| D (the real training images) | {cell(probe['d'])} |", f"| D_rand | {cell(probe['rand'])} |",
-              f"| D_det | {cell(probe['det'])} |"]
+    linear = distill["linear_model"]
+    train_eps = " or ".join(f"{e:g}" for e in linear["train_eps"]) or "–"
+    lines += ["", "Goh's robust-feature probe: a linear classifier on robust features, fit on each training set, "
+              "tested on the real test set's true labels. Two sets of robust features: the penultimate layer of the "
+              "(adversarially trained) robust network, and, as Goh did, the 10 logits of a robust linear model on the "
+              "pixels, trained on D against every L2 perturbation of size "
+              f"{train_eps} (the seeds' choices; its robustness is certified in closed form: its prediction holds "
+              f"within L2 0.25 on {cell(linear['certified_stable_at_0.25'])}% of test images, Goh asked 80%; its own "
+              f"test accuracy: {cell(linear['clean_accuracy'])}%).", "",
+              "| probe trained on | on the robust network's features | on the robust linear model's features |",
+              "|---|---|---|"]
+    for name, label in (("d", "D (the real training images)"), ("rand", "D_rand"), ("det", "D_det")):
+        lines.append(f"| {label} | {cell(probe[name])} | {cell(probe['linear-' + name])} |")
     lines += [f"- {note}" for note in distill["probe_notes"]]
     lines += ["", "Nakkiran's non-transferable D_det: targeted toward y+1 for the source model while an ensemble of "
               f"independently trained models keeps predicting y: target success {cell(nt['target_success'])}%, the "
@@ -444,6 +489,29 @@ def _distill_section(distill: dict) -> list[str]:
         lines.append(f"| {r['setting']} | {cell(r['clean'])} | {cell(r['robust@0.25'])} | {cell(r.get('robust@0.5'))} "
                      f"| {cell(r['shifted'])} |")
     return lines
+
+
+def sample_images(dataset_folders: dict[str, Path], train, n: int = 8) -> dict:
+    """n examples of each dataset (folder per kind), spread over it (and so over the classes: it
+    is stored class by class), beside their originals in `train`, the split it came from."""
+    samples = {}
+    for kind, folder in dataset_folders.items():
+        first = read_shard(folder / SHARD_PATTERN.format(0))
+        if first is None:
+            continue
+        shard_size = len(first["labels"])
+        picks = np.linspace(0, len(train) - 1, n).astype(int)
+        shards = {s: read_shard(folder / SHARD_PATTERN.format(s)) for s in set(picks // shard_size)}
+        # Per-image arrays only (a shard also holds its timing, one value).
+        rows = [{k: v[p % shard_size] for k, v in shards[p // shard_size].items() if len(v) > 1} for p in picks]
+        images = np.stack([r["images"] for r in rows])
+        entry = {"synthesized": images.astype(np.float32) / (255 if images.dtype == np.uint8 else 1),
+                 "original": train.images[[r["position"] for r in rows]].astype(np.float32) / 255,
+                 "labels": np.array([r["labels"] for r in rows])}
+        if "start_index" in rows[0]:
+            entry["start"] = train.images[[r["start_index"] for r in rows]].astype(np.float32) / 255
+        samples[kind] = entry
+    return samples
 
 
 def synth_summary(results: dict) -> dict:
@@ -490,7 +558,7 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
              "bars": figures_dir / "figure2b.png", "transfer": figures_dir / "figure3.png"}
     draw_inversion_grid(samples, paths["inversion"])
     draw_targeted_grid(samples, paths["targeted"])
-    draw_bars(rows, paths["bars"])
+    draw_bars(rows, paths["bars"], claim_eps)
     draw_transfer(fig3, correlation, paths["transfer"],
                   list(extra_stages.get("fig3-nt", {}).values()) if distill else None)
     # The theory figures are copied beside the others: report.md and figures/ then make a
@@ -502,10 +570,11 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
             with atomic_path(paths[name]) as tmp:
                 shutil.copyfile(source, tmp)
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
+    # The stages' own results (per-image outcomes included) stay in their stage.json files.
     report = {"claims": claims, "distill_claims": distill["claims"] if distill else [], "distill": distill,
               "rows": rows, "figure3": fig3, "figure3_correlation": correlation,
-              "synthesized": synth, **{k: v for k, v in results.items() if k != "results"},
-              "figures": figures, "evaluations": evals}
+              "synthesized": synth, **{k: v for k, v in results.items() if k not in ("results", "stages")},
+              "stages": [_slim(record) for record in results["stages"]], "figures": figures}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render_markdown(results, rows, claims, fig3, correlation, synth, figures, distill))
     write_json(out / "report.json", report)

@@ -103,3 +103,70 @@ def test_bad_distill_input(tmp_path):
 
     with pytest.raises(UserError, match="ensemble of at least one model"):
         dataclasses.replace(SMOKE_PRESET, distill_ensemble=0)
+
+
+def _blobs(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    return centers[labels] + spread * torch.randn(len(labels), dim, generator=g), labels
+
+
+def test_certified_stability_is_the_exact_distance_to_the_linear_boundary():
+    from advfeat.probes import certified_stable, fit_robust_linear_model
+
+    x, y = _blobs(100, 4, 8, seed=2)
+    model = fit_robust_linear_model(x, y, 4, eps=0.0)
+    eps = 0.3
+    stable = certified_stable(model, x, eps)
+    assert 0 < int(stable.sum()) < len(x)  # both kinds present: the test means something
+    logits = model(x)
+    predicted = logits.argmax(1)
+    for i in range(len(x)):
+        p = int(predicted[i])
+        # The closest boundary: the smallest margin / ||w_p - w_j|| over j != p, crossed along w_j - w_p.
+        distances = [(float(logits[i, p] - logits[i, j]) / float((model.weight[p] - model.weight[j]).norm()), j)
+                     for j in range(4) if j != p]
+        distance, j = min(distances)
+        direction = (model.weight[j] - model.weight[p]) / (model.weight[j] - model.weight[p]).norm()
+        if stable[i]:
+            assert distance > eps
+        else:  # a perturbation of norm <= eps that changes the prediction exists: this one
+            assert distance <= eps
+            moved = x[i] + min(distance * 1.001, eps) * direction
+            assert int(model(moved[None]).argmax(1)) != p or distance * 1.001 > eps
+
+
+def test_robust_linear_training_trades_accuracy_for_certified_stability():
+    from advfeat.probes import certified_stable, fit_goh_linear_model, fit_robust_linear_model, probe_accuracy
+
+    # Five robust features (overlapping classes: means and spread of scale 1) and five thin ones (small separation,
+    # tiny spread), as in Section 4: a standard linear model leans on the thin ones.
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(3).repeat_interleave(150)
+    robust_part = torch.randn(3, 5, generator=g)[y] + torch.randn(len(y), 5, generator=g)
+    thin_part = 0.2 * torch.randn(3, 5, generator=g)[y] + 0.02 * torch.randn(len(y), 5, generator=g)
+    x = torch.cat([robust_part, thin_part], 1)
+    standard, robust = (fit_robust_linear_model(x, y, 3, eps) for eps in (0.0, 0.5))
+    stable = [float(certified_stable(m, x, 0.5).float().mean()) for m in (standard, robust)]
+    assert stable[1] > stable[0] + 0.2
+    assert probe_accuracy(standard, x, y) > probe_accuracy(robust, x, y)
+    # For two classes the training loss is the exact worst case: the worst perturbation of size
+    # eps moves x by eps against w_y - w_other, and no other perturbation of that size costs more.
+    x2, y2 = _blobs(100, 2, 6, seed=4)
+    model = fit_robust_linear_model(x2, y2, 2, eps=0.4)
+    w = model.weight
+    push = (w[1 - y2] - w[y2]) / (w[1 - y2] - w[y2]).norm(dim=1, keepdim=True)
+    worst = torch.nn.functional.cross_entropy(model(x2 + 0.4 * push), y2, reduction="none")
+    for _ in range(20):
+        d = torch.randn(x2.shape, generator=g)
+        other = torch.nn.functional.cross_entropy(model(x2 + 0.4 * d / d.norm(dim=1, keepdim=True)), y2,
+                                                  reduction="none")
+        assert (other <= worst + 1e-5).all()
+    # Goh's choice: the first eps on the ladder whose model is stable on enough training points.
+    goh, train_eps, share = fit_goh_linear_model(x, y, 3, radius=0.25, stable=0.9)
+    assert share >= 0.9 and share == float(certified_stable(goh, x, 0.25).float().mean())
+    for k in (1, 2, 4, 8):
+        if 0.25 * k >= train_eps:
+            break
+        assert float(certified_stable(fit_robust_linear_model(x, y, 3, 0.25 * k), x, 0.25).float().mean()) < 0.9

@@ -78,6 +78,10 @@ def test_resume_reuses_what_finished_and_a_rerun_recomputes_nothing(reduced_run,
     second = reproduce_module.reproduce(preset, str(shared_data), out, extras=("distill",), log=lambda m: None)
     assert all(s["cached"] for s in second["stages"])
     assert second["rows"] == first["rows"] and second["claims"] == first["claims"]
+    # The report of a rerun says what the reused stages cost the runs that made them.
+    n, spent = len(second["stages"]), sum(s["seconds"] for s in second["stages"])
+    assert f"{n} of its {n} stages were reused from earlier runs, which spent {spent:.0f} s" in (
+        out / "report.md").read_text()
 
 
 def test_a_moved_folder_and_another_working_directory_reuse_every_stage(reduced_run, shared_data, tmp_path,
@@ -149,7 +153,13 @@ def test_the_distill_extra_adds_its_stages_claims_and_section(reduced_run):
                                                            "dr-from-noise"]
     assert all(c["parts"][0]["interval"] is not None for c in report["distill_claims"])
     probe = report["distill"]["probe"]
-    assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det"))
+    assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det"))
+    # Goh's own robust linear model: certified stable on the share his specification asks, on D.
+    linear = report["distill"]["linear_model"]
+    assert linear["train_eps"] and all(e in (0.25, 0.5, 1.0, 2.0) for e in linear["train_eps"])
+    assert 0 <= linear["certified_stable_at_0.25"]["estimate"] <= 1
+    goh = next(c for c in report["distill_claims"] if c["id"] == "goh-leakage")
+    assert len(goh["parts"]) == 2 and all(p["interval"] is not None for p in goh["parts"])
     text = (out / "report.md").read_text()
     assert "## The Distill discussion" in text and "non-transferable D_det" in text
 

@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from advfeat.errors import UserError
 from advfeat.pipelines import load_dataset
-from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard
 from advfeat.presets import EXTRAS, Preset
 from advfeat.reproduce.pipeline import Pipeline
 from advfeat.reproduce.plan import plan_stages
@@ -72,14 +70,15 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
     pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, extras=extras, log=log)
     pipeline.out.mkdir(parents=True, exist_ok=True)
     pipeline.run_all()
-    from advfeat.report import write_report
+    from advfeat.report import sample_images, write_report
 
     results = {"preset": preset.to_dict(), "extras": list(dict.fromkeys(preset.extras + tuple(extras))),
                "data": {"path": sources.path, "digest": pipeline.data_digest},
                "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
                "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
                "total_seconds": round(time.perf_counter() - started, 2)}
-    return write_report(pipeline.out, results, samples=sample_images(pipeline, sources))
+    return write_report(pipeline.out, results, samples=sample_images(
+        {kind: pipeline.folder(f"synth-{kind}@0") / DATASET for kind in KINDS}, sources.train_data(0).train))
 
 
 def dry_run(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
@@ -90,25 +89,3 @@ def dry_run(preset: Preset, data: str | None, out: Path | str, *, device: str = 
     pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, extras=extras,
                                               log=lambda message: None)
     return estimate_plan(pipeline, preset, sources, torch_device, rates=rates, log=log)
-
-
-def sample_images(pipeline: Pipeline, sources: Sources, n: int = 8) -> dict:
-    """n examples of each of seed 0's datasets, spread over the classes, beside their originals."""
-    samples = {}
-    train = sources.train_data(0).train
-    for kind in KINDS:
-        folder = pipeline.folder(f"synth-{kind}@0") / DATASET
-        first = read_shard(folder / SHARD_PATTERN.format(0))
-        if first is None:
-            continue
-        size = len(first["labels"])
-        picks = np.linspace(0, size - 1, n).astype(int)
-        images = first["images"][picks]
-        entry = {"synthesized": images.astype(np.float32) / (255 if images.dtype == np.uint8 else 1),
-                 "original": train.images[first["position"][picks]].astype(np.float32) / 255,
-                 "labels": first["labels"][picks]}
-        if "start_index" in first:
-            entry["start"] = train.images[first["start_index"][picks]].astype(np.float32) / 255
-        samples[kind] = entry
-    return samples
-

@@ -1,8 +1,9 @@
 """`--extra distill`: the experiments of the paper's Distill discussion (2019), as stages.
 
 Per seed s, beside the main stages (plan.py):
-    leakage@s                  Goh (response 2): a linear probe on the robust model's features,
-                               trained on D_rand and on D_det, tested on the real test set
+    leakage@s                  Goh (response 2): a linear probe on robust features (the robust
+                               network's, and a robust linear model's as Goh did), trained on
+                               D_rand and on D_det, tested on the real test set
     nt-ensemble-{i}@s          Nakkiran (response 5): independently trained models on D ...
     synth-det-nt@s             ... a D_det whose examples fool the source but not the ensemble
     train-on-det-nt@s, eval-det-nt@s, fig3-nt@s   what it teaches, and its Figure 3 point
@@ -29,7 +30,7 @@ from advfeat.pipelines import content_digest
 from advfeat.pipelines.arrays import Split
 from advfeat.pipelines.synthesized import CARD, store_images, write_shard
 from advfeat.pipelines.tensor_loader import to_unit_float
-from advfeat.probes import fit_linear_probe, probe_accuracy
+from advfeat.probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
 from advfeat.reproduce.pipeline import Stage, Work
 from advfeat.reproduce.stages import DATASET, MODEL, Sources
 from advfeat.settings import SynthSettings
@@ -40,8 +41,9 @@ LINF_EPS, LINF_STEP = 8 / 255, 2 / 255  # the L-inf replications' radius (Nakkir
 
 def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: Sources, seed: int, batch_size: int,
                   device, log):
-    """Goh's probe: a linear classifier on the robust model's penultimate features, fit on each
-    dataset (and on D itself, for scale), tested on the real test set's true labels."""
+    """Goh's probe: a linear classifier on robust features, fit on each dataset (and on D itself,
+    for scale), tested on the real test set's true labels. Two sets of robust features: the robust
+    network's penultimate layer, and (Goh's own) the logits of a certified-robust linear model."""
 
     def run(ctx) -> dict:
         from advfeat.pipelines import load_dataset
@@ -57,11 +59,19 @@ def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: So
         splits = {"d": sources.train_data(seed).train}
         splits |= {kind: load_dataset(ctx.folder_of(stage) / DATASET, test_data=sources.path).train
                    for kind, stage in dataset_stages.items()}
-        for name, split in splits.items():
-            x = to_unit_float(torch.from_numpy(split.images).to(device))
-            y = torch.from_numpy(split.labels).to(device)
+        tensors = {name: (to_unit_float(torch.from_numpy(split.images).to(device)),
+                          torch.from_numpy(split.labels).to(device)) for name, split in splits.items()}
+        # Goh's own features: the 10 logits of a robust linear model on the pixels of D.
+        linear, train_eps, _ = fit_goh_linear_model(*tensors["d"], robust.num_classes)
+        linear_test = linear(x_test.flatten(1))
+        result["linear_model"] = {"train_eps": train_eps,
+                                  "clean_accuracy": probe_accuracy(linear, x_test.flatten(1), y_test),
+                                  "certified_stable_at_0.25": float(certified_stable(linear, x_test, 0.25).float().mean())}
+        for name, (x, y) in tensors.items():
             probe = fit_linear_probe(features_of(robust, x, batch_size), y, robust.num_classes)
             result[name] = probe_accuracy(probe, test_features, y_test)
+            probe = fit_linear_probe(linear(x.flatten(1)), y, robust.num_classes)
+            result[f"linear-{name}"] = probe_accuracy(probe, linear_test, y_test)
         return result
 
     return run
