@@ -62,7 +62,8 @@ def fit_robust_linear_model(x: torch.Tensor, labels: torch.Tensor, num_classes: 
     """A linear classifier on flattened pixels, trained against every L2 perturbation of size eps.
 
     For logits z = Wx + b, the worst perturbation ||d|| <= eps lowers the margin z_y - z_j by
-    exactly eps * ||w_y - w_j||. Training on the cross-entropy of the logits z_j + eps * ||w_j - w_y||
+    exactly eps * ||w_y - w_j|| (ignoring the [0, 1] pixel box, which can only help the model: the
+    certificate below is conservative). Training on the cross-entropy of the logits z_j + eps * ||w_j - w_y||
     (j != y) minimizes an upper bound of the robust cross-entropy (exact for two classes): the
     robust training of a linear model, with no attack in the loop. Full-batch L-BFGS, as the probe.
     """

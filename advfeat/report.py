@@ -471,10 +471,10 @@ def _distill_section(distill: dict) -> list[str]:
     lines += ["", "Goh's robust-feature probe: a linear classifier on robust features, fit on each training set, "
               "tested on the real test set's true labels. Two sets of robust features: the penultimate layer of the "
               "(adversarially trained) robust network, and, as Goh did, the 10 logits of a robust linear model on the "
-              "pixels, trained on D against every L2 perturbation of size "
-              f"{train_eps} (the seeds' choices; its robustness is certified in closed form: its prediction holds "
-              f"within L2 0.25 on {cell(linear['certified_stable_at_0.25'])}% of test images, Goh asked 80%; its own "
-              f"test accuracy: {cell(linear['clean_accuracy'])}%).", "",
+              f"pixels of D, trained against L2 perturbations of size {train_eps} (per seed, the smallest of 0.25, "
+              "0.5, 1, 2 that meets Goh's specification on D). Its robustness is certified in closed form: its "
+              f"prediction provably holds within L2 0.25 on {cell(linear['certified_stable_at_0.25'])}% of test "
+              f"images (Goh's specification: 80%); its own test accuracy is {cell(linear['clean_accuracy'])}%.", "",
               "| probe trained on | on the robust network's features | on the robust linear model's features |",
               "|---|---|---|"]
     for name, label in (("d", "D (the real training images)"), ("rand", "D_rand"), ("det", "D_det")):

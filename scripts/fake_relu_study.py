@@ -15,7 +15,6 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from advfeat.checkpoint import load_model
 from advfeat.io import write_json

@@ -145,6 +145,22 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+class LinearBinary(torch.nn.Module):
+    """logits = [0, w.x + b] on flattened images: the optimal L2 attack is known."""
+
+    num_classes = 2
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.flatten().clone())
+        self.b = torch.nn.Parameter(torch.tensor(float(b)))
+
+    def forward(self, x, return_features=False):
+        z = x.flatten(1) @ self.w + self.b
+        logits = torch.stack([torch.zeros_like(z), z], 1)
+        return (logits, x.flatten(1)) if return_features else logits
+
+
 class ContiguousGradient(torch.nn.Module):
     """A model wrapped so that the gradient w.r.t. its input comes back contiguous (for
     torchattacks, which .view()s it)."""

@@ -19,28 +19,12 @@ from advfeat.evaluation import autoattack_accuracy
 from advfeat.errors import UserError
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient
+from conftest import ContiguousGradient, LinearBinary
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
 # --------------------------------------------------------------------------- models and data
-
-
-class LinearBinary(nn.Module):
-    """logits = [0, w.x + b] on flattened images: the optimal L2 attack is known."""
-
-    num_classes = 2
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.w = nn.Parameter(w.flatten().clone())
-        self.b = nn.Parameter(torch.tensor(float(b)))
-
-    def forward(self, x, return_features=False):
-        z = x.flatten(1) @ self.w + self.b
-        logits = torch.stack([torch.zeros_like(z), z], 1)
-        return (logits, x.flatten(1)) if return_features else logits
 
 
 class Quantized(nn.Module):

@@ -15,23 +15,7 @@ from advfeat.errors import UserError
 from advfeat.evaluation import AttackSpec, robust_accuracy
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient, run_cli
-
-
-class LinearBinary(nn.Module):
-    """logits = [0, w.x + b] on flattened images: the optimal L2 attack is known."""
-
-    num_classes = 2
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.w = nn.Parameter(w.flatten().clone())
-        self.b = nn.Parameter(torch.tensor(float(b)))
-
-    def forward(self, x, return_features=False):
-        z = x.flatten(1) @ self.w + self.b
-        logits = torch.stack([torch.zeros_like(z), z], 1)
-        return (logits, x.flatten(1)) if return_features else logits
+from conftest import ContiguousGradient, LinearBinary, run_cli
 
 
 def linear_setup(n: int = 8, seed: int = 0):
