@@ -314,9 +314,10 @@ def test_one_host_sync_per_step_at_most_and_a_ladder_of_widths(correct_tiny, mon
             CountSyncs.count += func.name().split(".")[0] in syncing
             return func(*args, **(kwargs or {}))
 
+    slot_engine = importlib.import_module("advfeat.attacks.pgd")  # the drain loop APGD shares with PGD
     reads, steps_run, sizes = [], [], []
-    read_alive, step = engine.read_alive, engine._step
-    monkeypatch.setattr(engine, "read_alive", lambda slots: reads.append(1) or read_alive(slots))
+    read_alive, step = slot_engine.read_alive, engine._step
+    monkeypatch.setattr(slot_engine, "read_alive", lambda slots: reads.append(1) or read_alive(slots))
     monkeypatch.setattr(engine, "_step", lambda *args: steps_run.append(1) or step(*args))
     model, x, y = correct_tiny
     hook = model.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Objective
-from advfeat.attacks.pgd import (Slots, check_targets, ladder_width, objective_and_gradient, objective_only,
-                                 read_alive, rows)
+from advfeat.attacks.pgd import (Slots, check_targets, drain_queue, objective_and_gradient, objective_only,
+                                 rows)
 from advfeat.attacks.threats import ThreatModel, make_threat
 from advfeat.errors import UserError
 from advfeat.kernels import batch_l2_norm
@@ -376,31 +376,13 @@ def _run_restart(forward, plan: Plan, queue: np.ndarray, starts: torch.Tensor, x
                  width: int, first_restart: bool, progress, state: dict) -> None:
     """One restart: run the examples of `queue` through a slot batch until all are done."""
     slots = APGDSlots(min(width, len(queue)), x0p, labelsp, len(x0p) - 1, 2.0 * plan.threat.eps)
-    taken, iteration = 0, 0
-    while True:
-        # Free the slots whose examples finished: by iteration count (the host knows), or by
-        # retiring (read back from the device every refill_every steps: the one sync).
-        finished = slots.busy & (slots.t_host > plan.n_iter)
-        if plan.retire and iteration % plan.refill_every == 0:
-            finished |= slots.busy & ~read_alive(slots)
-        if finished.any():
-            slots.release(np.flatnonzero(finished), results)
-            state["finished"] += int(finished.sum())
-            if progress is not None:
-                progress(state["finished"], state["image_steps"])
-        free = np.flatnonzero(~slots.busy)
-        if len(free) and taken < len(queue):
-            new = queue[taken:taken + len(free)]
-            examples = torch.as_tensor(new, device=x0p.device)
-            slots.fill(free[:len(new)], examples, starts[taken:taken + len(new)], x0p, labelsp)
-            taken += len(new)
-        busy = int(slots.busy.sum())
-        if busy == 0:
-            return
-        if taken == len(queue) and ladder_width(slots.width, busy) < slots.width:
-            slots.shrink(ladder_width(slots.width, busy))
-        _step(forward, slots, plan, first_restart, state)
-        iteration += 1
+
+    def fill(free, first, count):
+        examples = torch.as_tensor(queue[first:first + count], device=x0p.device)
+        slots.fill(free, examples, starts[first:first + count], x0p, labelsp)
+
+    drain_queue(slots, queue, plan.n_iter, plan.retire, plan.refill_every, fill,
+                lambda: _step(forward, slots, plan, first_restart, state), results, progress, state)
 
 
 def _step(forward, slots: APGDSlots, plan: Plan, first_restart: bool, state: dict) -> None:

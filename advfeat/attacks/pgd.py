@@ -263,17 +263,16 @@ def pgd(
                         results.zero_grad[:n], state["image_steps"], time.perf_counter() - start_time)
 
 
-def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threat: ThreatModel,
-               objective: Objective, steps: int, step_size: float, keep: str, retire: bool, width: int,
-               generator, first_restart: bool, refill_every: int, progress, state: dict) -> None:
-    """One restart: attack the examples of `queue` through a slot batch until all are done."""
-    pad = len(x0p) - 1
-    slots = SlotBatch(min(width, len(queue)), x0p, targetp, pad)
+def drain_queue(slots: Slots, queue: np.ndarray, n_steps: int, retire: bool, refill_every: int, fill: Callable,
+                step: Callable, results, progress, state: dict) -> None:
+    """Run the examples of `queue` through `slots` until every one is done: the loop that PGD and
+    APGD share. fill(free_slots, first, count) puts queue[first:first + count] into those slots;
+    step() advances every busy slot by one iteration."""
     taken, iteration = 0, 0
     while True:
         # Free the slots whose examples finished: by step count (the host knows), or by
         # retiring (read back from the device every refill_every steps: the one sync).
-        finished = slots.busy & (slots.t_host > steps)
+        finished = slots.busy & (slots.t_host > n_steps)
         if retire and iteration % refill_every == 0:
             finished |= slots.busy & ~read_alive(slots)
         if finished.any():
@@ -283,18 +282,31 @@ def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threa
                 progress(state["finished"], state["image_steps"])
         free = np.flatnonzero(~slots.busy)
         if len(free) and taken < len(queue):
-            new = queue[taken:taken + len(free)]
-            taken += len(new)
-            examples = torch.as_tensor(new, device=x0p.device)
-            slots.fill(free[:len(new)], examples, threat.random_start(x0p[examples], generator), x0p, targetp,
-                       results)
+            count = min(len(free), len(queue) - taken)
+            fill(free[:count], taken, count)
+            taken += count
         busy = int(slots.busy.sum())
         if busy == 0:
             return
         if taken == len(queue) and ladder_width(slots.width, busy) < slots.width:
             slots.shrink(ladder_width(slots.width, busy))
-        _step(forward, slots, objective, steps, step_size, keep, retire, threat, first_restart, state)
+        step()
         iteration += 1
+
+
+def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threat: ThreatModel,
+               objective: Objective, steps: int, step_size: float, keep: str, retire: bool, width: int,
+               generator, first_restart: bool, refill_every: int, progress, state: dict) -> None:
+    """One restart: attack the examples of `queue` through a slot batch until all are done."""
+    slots = SlotBatch(min(width, len(queue)), x0p, targetp, len(x0p) - 1)
+
+    def fill(free, first, count):
+        examples = torch.as_tensor(queue[first:first + count], device=x0p.device)
+        slots.fill(free, examples, threat.random_start(x0p[examples], generator), x0p, targetp, results)
+
+    drain_queue(slots, queue, steps, retire, refill_every, fill,
+                lambda: _step(forward, slots, objective, steps, step_size, keep, retire, threat, first_restart, state),
+                results, progress, state)
 
 
 def _step(forward, slots: SlotBatch, objective: Objective, steps: int, step_size: float, keep: str, retire: bool,
