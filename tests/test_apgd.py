@@ -19,25 +19,12 @@ from advfeat.evaluation import autoattack_accuracy
 from advfeat.errors import UserError
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient, LinearBinary
+from conftest import ContiguousGradient, LinearBinary, Quantized
 
 torchattacks = pytest.importorskip("torchattacks")
 
 
 # --------------------------------------------------------------------------- models and data
-
-
-class Quantized(nn.Module):
-    """Rounds its input to 4 levels: zero gradients everywhere, a textbook masked model."""
-
-    num_classes = 10
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, return_features=False):
-        return self.inner(torch.round(x * 3) / 3, return_features=return_features)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from advfeat.errors import UserError
 from advfeat.evaluation import AttackSpec, robust_accuracy
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient, LinearBinary, run_cli
+from conftest import ContiguousGradient, LinearBinary, Quantized, run_cli
 
 
 def linear_setup(n: int = 8, seed: int = 0):
@@ -217,19 +217,6 @@ def test_shared_eps_work_is_consistent_with_independent_attacks(trained_tiny):
     for s, a in zip(shared["robust"], alone["robust"]):
         assert s["accuracy"] <= a["accuracy"] + 1e-9
     assert shared["robust"][1]["attacked"] < alone["robust"][1]["attacked"]  # sharing saves work
-
-
-class Quantized(nn.Module):
-    """Rounds its input to 4 levels: zero gradients everywhere, a textbook masked model."""
-
-    num_classes = 10
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x, return_features=False):
-        return self.inner(torch.round(x * 3) / 3, return_features=return_features)
 
 
 def test_gradient_masking_is_flagged(trained_tiny):
