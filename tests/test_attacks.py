@@ -107,25 +107,6 @@ def test_cw_finds_the_minimal_distance_of_a_linear_model():
     assert ((result.distance - exact) / exact).abs().max() < 0.05, (result.distance, exact)
 
 
-@pytest.fixture(scope="module")
-def trained_tiny(shared_data):
-    """A tiny net trained for two epochs on 4,000 real images, and 300 test images."""
-    from advfeat.evaluation import split_tensors
-    from advfeat.pipelines import load_dataset, make_loader
-    from advfeat.training import TrainConfig, train_epoch
-
-    data = load_dataset(shared_data, subset=4000, test_subset=300, seed=1)
-    config = TrainConfig(arch="tiny", epochs=2, schedule="onecycle", lr=0.2, seed=1)
-    torch.manual_seed(1)
-    model = create_model("tiny")
-    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
-    loader = make_loader(data, "train", batch_size=128, device="cpu", shuffle=True, augment=True, seed=1)
-    for epoch in range(2):
-        train_epoch(model, model, loader, opt, config, epoch, torch.device("cpu"), None, progress=False)
-    x, y = split_tensors(data.test, torch.device("cpu"))
-    return model.eval(), x, y
-
-
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_agrees_with_torchattacks(trained_tiny, norm):
     torchattacks = pytest.importorskip("torchattacks")
