@@ -84,7 +84,7 @@ def _add_data_flags(p, subset: bool = True) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from advfeat.pipelines import load_dataset
+    from advfeat.data import load_dataset
     from advfeat.runtime import resolve_device
     from advfeat.training import train
 
@@ -128,7 +128,7 @@ def _eval(args: argparse.Namespace) -> None:
     from advfeat.checkpoint import load_model
     from advfeat.evaluation import accuracy_report, predict_tensor, robust_accuracy, split_tensors
     from advfeat.io import write_json
-    from advfeat.pipelines import load_dataset
+    from advfeat.data import load_dataset
     from advfeat.runtime import device_name, resolve_device
 
     out = _out_file(args.out, args.force) if args.out else None
@@ -167,7 +167,7 @@ def _appendix_d6(model, card: dict, x, y, batch_size: int, result: dict) -> None
     """A model trained on a dataset whose labels shift the originals (D_det): its accuracy on
     the test set relabelled the same way (the paper's Appendix D.6), beside the true labels."""
     from advfeat.evaluation import predict_tensor
-    from advfeat.pipelines.synthesized import label_shift
+    from advfeat.data.synthesized import label_shift
 
     source = card.get("data", {})
     if source.get("format") != "advfeat-dataset":

@@ -194,7 +194,7 @@ class Context:
     def dataset(self):
         """(Subset of) the data: n_train training and n_test test images."""
         if self._dataset is None:
-            from advfeat.pipelines import load_dataset
+            from advfeat.data import load_dataset
 
             real = self.data is not None
             self._dataset = load_dataset(self.data_path(), subset=self.n_train if real else None,
@@ -245,7 +245,7 @@ def write_synthetic_jpegs(folder: Path, per_class_train: int = 120, per_class_te
     CIFAR-10 that every reader and loader takes, and that a tiny net learns in one epoch."""
     from PIL import Image
 
-    from advfeat.pipelines import CIFAR10_CLASSES
+    from advfeat.data import CIFAR10_CLASSES
 
     if (folder / "done").is_file():
         return folder
@@ -395,7 +395,7 @@ def kernel_comparison(device: str = "cuda", small: bool = False, quick: bool = F
     in Python: ~0.7 s per L2 call at 129 on 2 cores).
     """
     import advfeat.kernels as K
-    from advfeat.kernels import reference as R
+    from advfeat.kernels import eager as R
 
     dev = torch.device(device)
     shape = (3, 8, 8) if small else (3, 32, 32)
@@ -598,7 +598,7 @@ def check_bf16(ctx: Context):
 
 
 def _compare_loaders(dataset, split: str, device: torch.device, batch: int = 128) -> dict:
-    from advfeat.pipelines import make_loader
+    from advfeat.data import make_loader
 
     options = dict(batch_size=batch, device=device, shuffle=True, seed=9)
     tensor = list(make_loader(dataset, split, loader="tensor", **options))
@@ -618,7 +618,7 @@ def _compare_loaders(dataset, split: str, device: torch.device, batch: int = 128
 
 
 def check_dali(ctx: Context):
-    from advfeat.pipelines.dali import dali_available
+    from advfeat.data.dali import dali_available
 
     if not dali_available():
         where = " on the GPU" if ctx.cuda else ""
@@ -653,7 +653,7 @@ def check_dali(ctx: Context):
 
 
 def _read_shards(folder: Path) -> dict[str, np.ndarray]:
-    from advfeat.pipelines.synthesized import read_shard
+    from advfeat.data.synthesized import read_shard
 
     shards = [read_shard(p) for p in sorted(folder.glob("shard-*.safetensors"))]
     if not shards or any(s is None for s in shards):
@@ -683,7 +683,7 @@ def _start_synthesis(out: Path, settings, model_dir: str, data: str) -> None:
     """Record the run in `out` as `advfeat synth` does before its first shard, so that synthesize()
     resumes it: that skips the model probe (a 10-step attack on 256 images with weak attacks on
     top), which is not what this check is about and would double its time on a CPU."""
-    from advfeat.pipelines import load_dataset
+    from advfeat.data import load_dataset
     from advfeat.synthesis.output import run_record, start_out
 
     dataset = load_dataset(data, subset=settings.subset, seed=settings.seed)

@@ -20,7 +20,7 @@ from advfeat.attacks import cw_l2, frozen, frozen_view, make_threat, pgd
 from advfeat.attacks.apgd import clean_logits_of
 from advfeat.attacks.autoattack import CLEAN, check_autoattack_args, run_ensemble
 from advfeat.errors import UserError
-from advfeat.pipelines.tensor_loader import to_unit_float
+from advfeat.data.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
 from advfeat.settings import AttackSpec
 

@@ -2,7 +2,7 @@
 reference, the figures and the timings.
 
 Writes report.md, report.json and figures/ into the reproduction folder. The paper's numbers
-(advfeat.reference) are shown as references with their setting and source, never subtracted
+(advfeat.paper) are shown as references with their setting and source, never subtracted
 from ours: a small net on a CPU is not the paper's ResNet-50.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 
 from advfeat.claims import Outcomes, judge
 from advfeat.io import atomic_path, save_figure, write_json
-from advfeat.pipelines import CIFAR10_CLASSES
-from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard
-from advfeat.reference import D6_REPLICATION, FIGURE3, FIGURE3_SOURCE, PAPER_SETTING, paper
+from advfeat.data import CIFAR10_CLASSES
+from advfeat.data.synthesized import SHARD_PATTERN, read_shard
+from advfeat.paper import D6_REPLICATION, FIGURE3, FIGURE3_SOURCE, PAPER_SETTING, paper
 from advfeat.stats import LEVEL, mean_interval, wilson_interval
 
 ROWS = [

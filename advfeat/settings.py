@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields
 
 from advfeat.errors import UserError
 from advfeat.models import model_names
-from advfeat.pipelines.augment import AUGMENTATIONS
-from advfeat.pipelines.synthesized import STORAGE
+from advfeat.data.augment import AUGMENTATIONS
+from advfeat.data.synthesized import STORAGE
 
 SCHEDULES = ("step", "onecycle")
 LOADERS = ("auto", "tensor", "dali")

@@ -25,7 +25,7 @@ from advfeat.errors import UserError
 from advfeat.evaluation import clean_accuracy
 from advfeat.io import write_json
 from advfeat.models import create_model
-from advfeat.pipelines import Dataset, make_loader
+from advfeat.data import Dataset, make_loader
 from advfeat.runtime import autocast, device_name, git_commit, maybe_compile, prepare_input, prepare_model
 from advfeat.settings import TrainConfig
 

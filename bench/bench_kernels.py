@@ -15,7 +15,7 @@ Each benchmark group compares implementations of the same step (see `benchmark.g
 import pytest
 import torch
 
-from advfeat.kernels import reference
+from advfeat.kernels import eager as reference
 
 SHAPE = (1024, 3, 32, 32)
 EPS = {"l2_step": 0.5, "linf_step": 8 / 255}

@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advfeat.pipelines.arrays import Split
+from advfeat.data.arrays import Split
 from advfeat.settings import SynthSettings
 from advfeat.synthesis import sample_plan, synthesize_shard
 from bench_attacks import model_for

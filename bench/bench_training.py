@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from advfeat.models import create_model
-from advfeat.pipelines import Split
-from advfeat.pipelines.tensor_loader import TensorLoader
+from advfeat.data import Split
+from advfeat.data.tensor_loader import TensorLoader
 from advfeat.runtime import maybe_compile, prepare_model
 from advfeat.training import TrainConfig, train_epoch
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from advfeat.checkpoint import load_model
 from advfeat.io import write_json
-from advfeat.pipelines import load_dataset
+from advfeat.data import load_dataset
 from advfeat.runtime import device_name, resolve_device
 from advfeat.settings import SynthSettings
 from advfeat.synthesis import sample_plan, synthesize_shard

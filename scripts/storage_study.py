@@ -34,10 +34,10 @@ import torch
 from advfeat.checkpoint import load_model
 from advfeat.evaluation import predict_tensor
 from advfeat.io import read_json, write_json
-from advfeat.pipelines import load_dataset
-from advfeat.pipelines.arrays import Dataset, Split
-from advfeat.pipelines.synthesized import STORAGE, store_images
-from advfeat.pipelines.tensor_loader import to_unit_float
+from advfeat.data import load_dataset
+from advfeat.data.arrays import Dataset, Split
+from advfeat.data.synthesized import STORAGE, store_images
+from advfeat.data.tensor_loader import to_unit_float
 from advfeat.training import TrainConfig, device_name, train
 
 

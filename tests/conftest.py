@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from advfeat.pipelines import CIFAR10_CLASSES
+from advfeat.data import CIFAR10_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -151,7 +151,7 @@ def trained_tiny(shared_data):
     attack tests (built once per test module)."""
     from advfeat.evaluation import split_tensors
     from advfeat.models import create_model
-    from advfeat.pipelines import load_dataset, make_loader
+    from advfeat.data import load_dataset, make_loader
     from advfeat.training import TrainConfig, train_epoch
 
     data = load_dataset(shared_data, subset=4000, test_subset=300, seed=1)

@@ -210,7 +210,7 @@ def test_gradient_masking_is_flagged(trained_tiny):
 
 def test_robust_training_raises_robust_accuracy(shared_data, tmp_path):
     from advfeat.evaluation import split_tensors
-    from advfeat.pipelines import load_dataset
+    from advfeat.data import load_dataset
     from advfeat.training import TrainConfig, train
     from advfeat.checkpoint import load_model
 

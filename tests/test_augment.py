@@ -12,13 +12,13 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from advfeat.errors import UserError
-from advfeat.pipelines import AUGMENTATIONS, Dataset, Split, make_loader
-from advfeat.pipelines.augment import (
+from advfeat.data import AUGMENTATIONS, Dataset, Split, make_loader
+from advfeat.data.augment import (
     BRIGHTNESS, CONTRAST, SATURATION, augmentation_name, color_jitter, draw_jitter_rotation, jitter_then_rotate,
     rotate,
 )
-from advfeat.pipelines.dali import dali_available
-from advfeat.pipelines.tensor_loader import TensorLoader, epoch_generator, random_crop, random_flip, to_unit_float
+from advfeat.data.dali import dali_available
+from advfeat.data.tensor_loader import TensorLoader, epoch_generator, random_crop, random_flip, to_unit_float
 
 TORCHVISION_OPS = {BRIGHTNESS: TF.adjust_brightness, CONTRAST: TF.adjust_contrast, SATURATION: TF.adjust_saturation}
 

@@ -11,7 +11,7 @@ import torch
 
 from advfeat import kernels
 from advfeat.attacks import make_threat, pgd
-from advfeat.kernels import reference
+from advfeat.kernels import eager as reference
 from advfeat.models import create_model
 from advfeat.runtime import prepare_model
 
@@ -38,7 +38,7 @@ def test_triton_kernels_match_the_reference_on_cuda(batch, grad_dtype, layout, n
 
 
 def _trained_tiny(device):
-    from advfeat.pipelines import load_dataset, make_loader
+    from advfeat.data import load_dataset, make_loader
     from advfeat.settings import TrainConfig
     from advfeat.training import train_epoch
 

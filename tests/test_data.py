@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from advfeat.errors import UserError
-from advfeat.pipelines import CIFAR10_CLASSES, load_dataset
-from advfeat.pipelines import cache as cache_module
-from advfeat.pipelines.sources import find_reader
+from advfeat.data import CIFAR10_CLASSES, load_dataset
+from advfeat.data import cache as cache_module
+from advfeat.data.sources import find_reader
 
 from conftest import random_cifar, write_image_folders, write_python_release
 

@@ -10,7 +10,7 @@ from advfeat.attacks import ReachTarget, make_threat, pgd
 from advfeat.attacks.nontransferable import ReachTargetKeepEnsemble, StackedLogits, targets_and_labels
 from advfeat.errors import UserError
 from advfeat.models import create_model
-from advfeat.probes import fit_linear_probe, probe_accuracy
+from advfeat.linear_probes import fit_linear_probe, probe_accuracy
 
 from conftest import run_cli
 
@@ -47,7 +47,7 @@ def test_the_probe_takes_raw_features_its_standardization_is_folded_in():
 def three_tiny_models(shared_data):
     """Three tiny nets trained on the same 3,000 real images from different seeds, and test images."""
     from advfeat.evaluation import split_tensors
-    from advfeat.pipelines import load_dataset, make_loader
+    from advfeat.data import load_dataset, make_loader
     from advfeat.runtime import prepare_model
     from advfeat.settings import TrainConfig
     from advfeat.training import train_epoch
@@ -113,7 +113,7 @@ def _blobs(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 
 
 
 def test_certified_stability_is_the_exact_distance_to_the_linear_boundary():
-    from advfeat.probes import certified_stable, fit_robust_linear_model
+    from advfeat.linear_probes import certified_stable, fit_robust_linear_model
 
     x, y = _blobs(100, 4, 8, seed=2)
     model = fit_robust_linear_model(x, y, 4, eps=0.0)
@@ -138,7 +138,7 @@ def test_certified_stability_is_the_exact_distance_to_the_linear_boundary():
 
 
 def test_robust_linear_training_trades_accuracy_for_certified_stability():
-    from advfeat.probes import certified_stable, fit_goh_linear_model, fit_robust_linear_model, probe_accuracy
+    from advfeat.linear_probes import certified_stable, fit_goh_linear_model, fit_robust_linear_model, probe_accuracy
 
     # Five robust features (overlapping classes: means and spread of scale 1) and five thin ones (small separation,
     # tiny spread), as in Section 4: a standard linear model leans on the thin ones.

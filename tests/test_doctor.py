@@ -61,7 +61,7 @@ def test_gpu_only_checks_are_skipped_with_a_reason(quick):
     # The CPU runs the Triton kernels in the interpreter, and says so.
     assert checks["kernels"]["status"] == "pass" and "interpreter" in checks["kernels"]["detail"]
     assert checks["kernels"]["numbers"]["max_error"] <= doctor.KERNEL_TOLERANCE
-    from advfeat.pipelines.dali import dali_available
+    from advfeat.data.dali import dali_available
 
     if dali_available():
         assert checks["dali"]["status"] == "pass" and "GPU decoding unchecked" in checks["dali"]["detail"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import advfeat.kernels as K
-from advfeat.kernels import reference
+from advfeat.kernels import eager as reference
 
 INF = math.inf
 BF16 = torch.bfloat16

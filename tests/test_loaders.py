@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from advfeat.pipelines import Split, load_dataset, make_loader
-from advfeat.pipelines.dali import dali_available
-from advfeat.pipelines.tensor_loader import TensorLoader, random_crop, random_flip
+from advfeat.data import Split, load_dataset, make_loader
+from advfeat.data.dali import dali_available
+from advfeat.data.tensor_loader import TensorLoader, random_crop, random_flip
 
 
 def crop_by_loop(image: torch.Tensor, dy: int, dx: int, pad: int) -> torch.Tensor:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from advfeat.pipelines import load_dataset
+from advfeat.data import load_dataset
 from advfeat.settings import SynthSettings
 from advfeat.synthesis import sample_plan
-from advfeat.synthesis.plan import noise_starts
+from advfeat.synthesis.draws import noise_starts
 
 from conftest import run_cli
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from advfeat.checkpoint import load_model
-from advfeat.pipelines import load_dataset
+from advfeat.data import load_dataset
 from advfeat.training import TrainConfig, train
 
 from conftest import run_cli

@@ -356,7 +356,7 @@ def training_attack(config, device: torch.device):
     crafts the same adversarial examples.
     """
     from advfeat.attacks.threats import make_threat
-    from advfeat.pipelines.tensor_loader import epoch_generator
+    from advfeat.data.tensor_loader import epoch_generator
 
     threat = make_threat(config.adv, config.eps, config.attack_start)
 

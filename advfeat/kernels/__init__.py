@@ -5,7 +5,7 @@
     l2_project(x, x0, eps) / linf_project(x, x0, eps) -> x_new   projection only (random starts)
     batch_l2_norm(t) -> [B] fp32
 
-`reference.py` is the spec (formulas in its docstring). Every call validates its
+`eager.py` is the spec (the "reference" backend) (formulas in its docstring). Every call validates its
 inputs, then runs the Triton kernels (`triton_steps.py`, one launch per call) when
 the tensors are on CUDA and triton is installed, and the reference otherwise.
 ADVFEAT_KERNELS=reference|triton forces a backend; Triton on CPU tensors only works
@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from . import reference
+from . import eager
 
 __all__ = ["backend_for", "batch_l2_norm", "l2_project", "l2_step", "linf_project", "linf_step"]
 
@@ -93,7 +93,7 @@ def l2_step(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, step_size: fl
     eps_t, eps_s = _split_eps(eps, x)
     if backend_for(x) == "triton":
         return _triton().l2_step(x, x0, grad, float(step_size), eps_t, eps_s)
-    return reference.l2_step(x, x0, grad, step_size, eps)
+    return eager.l2_step(x, x0, grad, step_size, eps)
 
 
 def linf_step(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, step_size: float, eps: Eps) -> torch.Tensor:
@@ -103,7 +103,7 @@ def linf_step(x: torch.Tensor, x0: torch.Tensor, grad: torch.Tensor, step_size: 
     eps_t, eps_s = _split_eps(eps, x)
     if backend_for(x) == "triton":
         return _triton().linf_step(x, x0, grad, float(step_size), eps_t, eps_s)
-    return reference.linf_step(x, x0, grad, step_size, eps)
+    return eager.linf_step(x, x0, grad, step_size, eps)
 
 
 def l2_project(x: torch.Tensor, x0: torch.Tensor, eps: Eps) -> torch.Tensor:
@@ -112,7 +112,7 @@ def l2_project(x: torch.Tensor, x0: torch.Tensor, eps: Eps) -> torch.Tensor:
     eps_t, eps_s = _split_eps(eps, x)
     if backend_for(x) == "triton":
         return _triton().l2_project(x, x0, eps_t, eps_s)
-    return reference.l2_project(x, x0, eps)
+    return eager.l2_project(x, x0, eps)
 
 
 def linf_project(x: torch.Tensor, x0: torch.Tensor, eps: Eps) -> torch.Tensor:
@@ -121,7 +121,7 @@ def linf_project(x: torch.Tensor, x0: torch.Tensor, eps: Eps) -> torch.Tensor:
     eps_t, eps_s = _split_eps(eps, x)
     if backend_for(x) == "triton":
         return _triton().linf_project(x, x0, eps_t, eps_s)
-    return reference.linf_project(x, x0, eps)
+    return eager.linf_project(x, x0, eps)
 
 
 def batch_l2_norm(t: torch.Tensor) -> torch.Tensor:
@@ -130,4 +130,4 @@ def batch_l2_norm(t: torch.Tensor) -> torch.Tensor:
         raise ValueError("t must have a batch dimension: shape (B, ...)")
     if backend_for(t) == "triton":
         return _triton().batch_l2_norm(t)
-    return reference.batch_l2_norm(t)
+    return eager.batch_l2_norm(t)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advfeat.models import register_model
+from advfeat.models.registry import register_model
 from advfeat.models.classifier import Classifier
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from advfeat.models import register_model
+from advfeat.models.registry import register_model
 from advfeat.models.classifier import Classifier, split_at_last_relu
 
 VGG16 = [64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512, "pool"]

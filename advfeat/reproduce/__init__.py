@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from advfeat.errors import UserError
-from advfeat.pipelines import load_dataset
+from advfeat.data import load_dataset
 from advfeat.presets import EXTRAS, Preset
 from advfeat.reproduce.pipeline import Pipeline
 from advfeat.reproduce.plan import plan_stages

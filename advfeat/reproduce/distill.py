@@ -26,11 +26,11 @@ from advfeat.attacks.nontransferable import ReachTargetKeepEnsemble, StackedLogi
 from advfeat.checkpoint import load_model
 from advfeat.evaluation import features_of, predict_tensor
 from advfeat.io import write_json
-from advfeat.pipelines import content_digest
-from advfeat.pipelines.arrays import Split
-from advfeat.pipelines.synthesized import CARD, store_images, write_shard
-from advfeat.pipelines.tensor_loader import to_unit_float
-from advfeat.probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
+from advfeat.data import content_digest
+from advfeat.data.arrays import Split
+from advfeat.data.synthesized import CARD, store_images, write_shard
+from advfeat.data.tensor_loader import to_unit_float
+from advfeat.linear_probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
 from advfeat.reproduce.pipeline import Stage, Work
 from advfeat.reproduce.stages import DATASET, MODEL, Sources
 from advfeat.settings import SynthSettings
@@ -46,7 +46,7 @@ def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: So
     network's penultimate layer, and (Goh's own) the logits of a certified-robust linear model."""
 
     def run(ctx) -> dict:
-        from advfeat.pipelines import load_dataset
+        from advfeat.data import load_dataset
 
         robust, card = load_model(ctx.folder_of(robust_stage) / MODEL, device)
         notes = []

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from advfeat.attacks import make_threat, pgd
 from advfeat.models import create_model
-from advfeat.pipelines.cache import cache_root
+from advfeat.data.cache import cache_root
 from advfeat.runtime import autocast, device_name, prepare_input, prepare_model
 
 

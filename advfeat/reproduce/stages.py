@@ -15,8 +15,8 @@ import torch
 from advfeat.attacks import ReachTarget, make_threat, pgd
 from advfeat.checkpoint import RESUME, load_model
 from advfeat.evaluation import predict_tensor, robust_accuracy, split_tensors
-from advfeat.pipelines import Dataset, load_dataset
-from advfeat.pipelines.synthesized import label_shift
+from advfeat.data import Dataset, load_dataset
+from advfeat.data.synthesized import label_shift
 from advfeat.settings import AttackSpec, SynthSettings, TrainConfig
 from advfeat.synthesis import SynthJob, synthesize
 from advfeat.training import train

@@ -9,10 +9,10 @@ dataset folder. The work is split in shards written atomically; workers take dis
 and a restarted run skips finished ones. All randomness is drawn per sample from the seed, so
 the dataset does not depend on the number of workers or the batch size.
 
-    plan.py     per-sample start images and targets, from the seed alone
+    draws.py    per-sample start images and targets, from the seed alone
     shard.py    one shard: the attack, its statistics, the storage rounding
     output.py   the dataset folder: the run record, resuming, the card
-    probe.py    does the model suit the kind (robust for r, standard otherwise)?
+    model_check.py does the model suit the kind (robust for r, standard otherwise)?
     workers.py  worker processes: one per GPU, gloo on CPU, or torchrun's
 """
 
@@ -29,12 +29,12 @@ import torch.distributed as dist
 
 from advfeat.checkpoint import load_model
 from advfeat.errors import UserError
-from advfeat.pipelines import load_dataset
+from advfeat.data import load_dataset
 from advfeat.runtime import device_name, resolve_device
 from advfeat.settings import KINDS, SynthSettings
 from advfeat.synthesis.output import check_out, finalize, run_record, start_out
-from advfeat.synthesis.plan import sample_plan, shard_ranges
-from advfeat.synthesis.probe import check_model_fits
+from advfeat.synthesis.draws import sample_plan, shard_ranges
+from advfeat.synthesis.model_check import check_model_fits
 from advfeat.synthesis.shard import synthesize_shard
 from advfeat.synthesis.workers import free_port, join_group, run_worker, spawned, under_torchrun, worker_device
 

@@ -20,11 +20,11 @@ from advfeat import __version__
 from advfeat.checkpoint import WEIGHTS
 from advfeat.errors import UserError
 from advfeat.io import read_json, write_json
-from advfeat.pipelines import content_digest
-from advfeat.pipelines.arrays import Split
-from advfeat.pipelines.synthesized import CARD, RUN, SHARD_PATTERN, read_shard
+from advfeat.data import content_digest
+from advfeat.data.arrays import Split
+from advfeat.data.synthesized import CARD, RUN, SHARD_PATTERN, read_shard
 from advfeat.settings import SynthSettings
-from advfeat.synthesis.plan import shard_ranges
+from advfeat.synthesis.draws import shard_ranges
 
 FORMAT = 2  # 2: shards hold orig_labels; cards record fake_relu, targets, start and norm
 

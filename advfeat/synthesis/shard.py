@@ -17,11 +17,11 @@ import torch
 
 from advfeat.attacks import MatchFeatures, ReachTarget, make_threat, pgd
 from advfeat.evaluation import features_of, predict_tensor
-from advfeat.pipelines.arrays import Split
-from advfeat.pipelines.synthesized import store_images
-from advfeat.pipelines.tensor_loader import to_unit_float
+from advfeat.data.arrays import Split
+from advfeat.data.synthesized import store_images
+from advfeat.data.tensor_loader import to_unit_float
 from advfeat.settings import SynthSettings
-from advfeat.synthesis.plan import noise_starts
+from advfeat.synthesis.draws import noise_starts
 
 
 def relative_distance(model, z: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:

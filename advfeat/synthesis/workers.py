@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from advfeat.checkpoint import load_model
 from advfeat.errors import UserError
-from advfeat.pipelines import load_dataset
-from advfeat.pipelines.synthesized import SHARD_PATTERN, read_shard, write_shard
+from advfeat.data import load_dataset
+from advfeat.data.synthesized import SHARD_PATTERN, read_shard, write_shard
 from advfeat.runtime import resolve_device
-from advfeat.synthesis.plan import sample_plan, shard_ranges
+from advfeat.synthesis.draws import sample_plan, shard_ranges
 from advfeat.synthesis.shard import synthesize_shard
 
 

@@ -74,7 +74,7 @@ if [ "$data_ok" = 1 ] && [ -f "$DATA/SHA256SUMS" ]; then
     fi
 fi
 if [ "$data_ok" = 1 ]; then
-    run_limited "$(( $(left) - 5 ))" $PY -c "from advfeat.pipelines import load_dataset; load_dataset('$DATA', verbose=True)" \
+    run_limited "$(( $(left) - 5 ))" $PY -c "from advfeat.data import load_dataset; load_dataset('$DATA', verbose=True)" \
         || data_ok=0
     # The tests look for the data beside the checkout (../shared/data), as on a developer's machine.
     if [ ! -e "$REPO/../shared/data" ] && mkdir -p "$REPO/../shared" 2>/dev/null; then

@@ -7,7 +7,7 @@ import torch
 
 from advfeat.errors import UserError
 from advfeat.evaluation import robust_accuracy
-from advfeat.pipelines.tensor_loader import to_unit_float
+from advfeat.data.tensor_loader import to_unit_float
 from advfeat.settings import AttackSpec
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advfeat.pipelines.arrays import Split
-from advfeat.pipelines.augment import (
+from advfeat.data.arrays import Split
+from advfeat.data.augment import (
     CROP_PAD, POLICIES, JitterRotation, augmentation_name, draw_jitter_rotation, jitter_then_rotate,
 )
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from advfeat.errors import UserError
-from advfeat.pipelines.augment import CROP_PAD, POLICIES, augmentation_name, draw_jitter_rotation, jitter_then_rotate
-from advfeat.pipelines.tensor_loader import EpochLoader, epoch_generator
+from advfeat.data.augment import CROP_PAD, POLICIES, augmentation_name, draw_jitter_rotation, jitter_then_rotate
+from advfeat.data.tensor_loader import EpochLoader, epoch_generator
 
 
 def dali_available() -> bool:

@@ -23,7 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from advfeat.errors import UserError
 from advfeat.io import atomic_path, read_json
-from advfeat.pipelines.arrays import Dataset, Split
+from advfeat.data.arrays import Dataset, Split
 
 CARD, RUN = "dataset.json", "run.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"

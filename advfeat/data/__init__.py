@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from advfeat.errors import UserError
-from advfeat.pipelines.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
-from advfeat.pipelines.augment import AUGMENTATIONS, augmentation_name
-from advfeat.pipelines.cache import cache_root, load_cached
-from advfeat.pipelines.sources import PYTHON_ARCHIVE, find_reader, register_reader
-from advfeat.pipelines.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split
+from advfeat.data.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
+from advfeat.data.augment import AUGMENTATIONS, augmentation_name
+from advfeat.data.cache import cache_root, load_cached
+from advfeat.data.sources import PYTHON_ARCHIVE, find_reader, register_reader
+from advfeat.data.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split
 
 # Train-only formats: their test split is the real one (see synthesized.py).
 register_reader(AdvfeatDatasetReader())
@@ -119,7 +119,7 @@ def make_loader(
     needs no decoding per epoch. "dali" decodes the source files with DALI each epoch when
     the dataset came from image files (else it feeds the decoded arrays).
     """
-    from advfeat.pipelines.tensor_loader import TensorLoader
+    from advfeat.data.tensor_loader import TensorLoader
 
     if loader not in LOADERS:
         raise UserError(f"unknown loader {loader!r}; choose one of {', '.join(LOADERS)}")
@@ -129,8 +129,8 @@ def make_loader(
                    drop_last=drop_last)
     if loader in ("auto", "tensor"):
         return TensorLoader(part, **options)
-    from advfeat.pipelines.dali import DaliLoader
-    from advfeat.pipelines.sources import ImageFolderReader
+    from advfeat.data.dali import DaliLoader
+    from advfeat.data.sources import ImageFolderReader
 
     if dataset.source.get("format") == ImageFolderReader.name:
         encoded = ImageFolderReader().encoded(Path(dataset.source["path"]))[split]

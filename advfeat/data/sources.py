@@ -25,7 +25,7 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from advfeat.errors import UserError
-from advfeat.pipelines.arrays import CIFAR10_CLASSES, Dataset, Split
+from advfeat.data.arrays import CIFAR10_CLASSES, Dataset, Split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from advfeat.io import atomic_path
-from advfeat.pipelines.arrays import Dataset, Split, content_digest
+from advfeat.data.arrays import Dataset, Split, content_digest
 
 CACHE_VERSION = 1
 
