@@ -23,8 +23,15 @@ import advfeat
 from advfeat.io import read_json, write_json
 
 STAGE_FORMAT = 2  # bump to invalidate every stored stage
-# Modules that only present results: editing them must not recompute any stage.
-PRESENTATION = {"cli.py", "report.py", "claims.py", "stats.py", "reference.py", "doctor.py"}
+# Code that only presents or checks results, by path inside the package (a folder ends in
+# "/"): editing it must not recompute any stage. Paths, not file names, so that a module moved
+# into a package, or a new module that happens to share a name, is never silently left out.
+PRESENTATION = ("cli.py", "report.py", "report/", "doctor.py", "doctor/", "claims.py", "stats.py", "paper.py")
+
+
+def is_presentation(relative: str) -> bool:
+    """Whether a source file (its path relative to the package, with "/") only presents."""
+    return any(relative == p or (p.endswith("/") and relative.startswith(p)) for p in PRESENTATION)
 
 
 def code_digest() -> str:
@@ -32,8 +39,9 @@ def code_digest() -> str:
     root = Path(advfeat.__file__).resolve().parent
     h = hashlib.sha256(advfeat.__version__.encode())
     for path in sorted(root.rglob("*.py")):
-        if path.name not in PRESENTATION:
-            h.update(str(path.relative_to(root)).encode())
+        relative = path.relative_to(root).as_posix()
+        if not is_presentation(relative):
+            h.update(relative.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
