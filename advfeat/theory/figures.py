@@ -21,6 +21,7 @@ import numpy as np
 
 from advfeat.errors import UserError
 from advfeat.io import save_figure, write_json
+from advfeat.plotting import pyplot
 from advfeat.theory import gaussian as g
 
 EPS_2D = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
@@ -198,15 +199,6 @@ def _headline(two, many, gap, dims) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _ellipse(mean, cov, radius, n=200):
     """Points of {x : (x - mean)^T cov^-1 (x - mean) = radius^2}."""
     t = np.linspace(0.0, 2.0 * np.pi, n)
@@ -226,7 +218,7 @@ def _eps_axis(ax) -> None:
 
 def _plot_contours(path: Path, two: dict) -> None:
     """Figure 4 analogue: learned class Gaussians at increasing eps (mean fixed, covariance blending)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(EPS_CONTOURS), figsize=(3.3 * len(EPS_CONTOURS), 3.6), sharey=True)
     x, y = two["scatter"]["x"], two["scatter"]["y"]
     fits = {r["eps"]: r for r in two["samples"]}
@@ -262,7 +254,7 @@ def _plot_contours(path: Path, two: dict) -> None:
 
 def _plot_alignment(path: Path, two: dict, many: dict, dims: int) -> None:
     """cos(Sigma_r^-1 mu, mu) against eps, with Theorem 3's worst case over mu."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, study, title in ((axes[0], two, "2-D example"), (axes[1], many, f"{dims}-D example")):
         curve = study["closed_form_curve"]
@@ -288,7 +280,7 @@ def _plot_alignment(path: Path, two: dict, many: dict, dims: int) -> None:
 
 def _plot_eigenvalues(path: Path, many: dict, dims: int) -> None:
     """Eigenvalues of Sigma_r divided by their mean: isotropy is the line at 1."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     curve = many["closed_form_curve"]
     eps_c = np.array([r["eps"] for r in curve])
