@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -37,6 +38,25 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def slug(text: str, empty: str = "") -> str:
+    """`text` as a file-name part: lower case, runs of other characters as one '-'
+    ('NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'); `empty` if nothing is left."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or empty
+
+
+def device_slug(device: torch.device | str) -> str:
+    """'cpu', or the GPU's name as a file-name slug ('nvidia-h100-80gb-hbm3'); 'cuda' where
+    CUDA is asked for but broken (still a usable folder name)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    try:
+        name = torch.cuda.get_device_name(device)
+    except Exception:  # noqa: BLE001 - any CUDA failure: fall back to the type
+        name = "cuda"
+    return slug(name, "cuda")
+
+
 # Dense bf16 tensor-core peaks in FLOP/s, matched against the device name in order (so "H100 PCIe"
 # is tried before the SXM part, which is named just "H100 ...").
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -52,11 +72,32 @@ def bf16_peak(device: torch.device) -> float | None:
     return next((peak for key, peak in BF16_PEAKS if key in name), None)
 
 
+# Device types whose compute runs under bf16 autocast (a test adds "cpu" to see the switch below work).
+BF16_DEVICE_TYPES = ("cuda",)
+# Set by fp32_only(): while True, autocast() is a no-op everywhere.
+_fp32_forced = False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 elsewhere, and
+    everywhere inside `fp32_only()`. Every module that computes under autocast calls this."""
+    if enabled and device.type in BF16_DEVICE_TYPES and not _fp32_forced:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def fp32_only():
+    """Inside the block, compute in full fp32: autocast() is off in every module (it reads this
+    switch at each call), and TF32 matmuls and convolutions are off. For comparing bf16 with fp32."""
+    global _fp32_forced
+    saved = (_fp32_forced, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        _fp32_forced = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+    finally:
+        _fp32_forced, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -82,7 +123,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def cpu_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads())
