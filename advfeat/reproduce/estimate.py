@@ -4,68 +4,19 @@ Each stage declares its work (pipeline.Work): passes of an architecture over sin
 either training passes or attack image-steps. A rate turns work into seconds: measured by
 `advfeat doctor` on this device (it leaves rates-<device>.json in advfeat's cache folder), or
 else by a calibration of about 20 seconds that times a few training and attack batches of each
-architecture. Each stage also pays a fixed overhead (loading data, building models, writing),
+architecture (both measure with advfeat/throughput.py). Each stage also pays a fixed overhead (loading data, building models, writing),
 measured once. Estimates are rough by nature: the test holds them to a factor of 2 of the
 smoke preset's real stage times on a CPU.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import time
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from advfeat.attacks import make_threat, pgd
-from advfeat.models import create_model
-from advfeat.data.cache import cache_root
-from advfeat.runtime import autocast, device_name, prepare_input, prepare_model
-
-
-def rates_path(device: torch.device) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-    return cache_root() / f"rates-{slug}.json"
-
-
-def measure_train_rate(arch: str, batch_size: int, device: torch.device, iterations: int = 3) -> float:
-    """Training images/s of `arch` (SGD step, bf16 autocast on CUDA) on random data."""
-    torch.manual_seed(0)
-    model = prepare_model(create_model(arch), device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = prepare_input(torch.rand(batch_size, 3, 32, 32, device=device))
-    y = torch.randint(0, 10, (batch_size,), device=device)
-
-    def step():
-        with autocast(device):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return batch_size * iterations / (time.perf_counter() - start)
-
-
-def measure_attack_rate(arch: str, batch_size: int, device: torch.device, steps: int = 3) -> float:
-    """Attack image-steps/s of `arch`: advfeat's PGD engine, eager, on random data."""
-    torch.manual_seed(0)
-    model = prepare_model(create_model(arch), device).eval()
-    x = torch.rand(batch_size, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch_size,), device=device)
-    threat = make_threat("l2", 0.5, "none")
-    pgd(model, x, y, threat=threat, steps=1, step_size=0.1, compile=False)  # warm-up
-    result = pgd(model, x, y, threat=threat, steps=steps, step_size=0.1, compile=False)
-    return result.image_steps_per_s
+from advfeat.runtime import device_name
+from advfeat.throughput import load_rates, measure_attack_rate, measure_train_rate
 
 
 def calibrate(archs: set[str], device: torch.device, budget_s: float = 20.0) -> dict:
@@ -90,14 +41,6 @@ def measure_overhead(sources) -> float:
     start = time.perf_counter()
     sources.train_data(0)
     return time.perf_counter() - start
-
-
-def load_rates(device: torch.device) -> dict | None:
-    path = rates_path(device)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def stage_seconds(work, rates: dict, overhead: float) -> float:
