@@ -7,7 +7,11 @@ advfeat dataset folder (written by `advfeat synth`):
     shard-00000.safetensors   images (N,3,32,32) float16 or uint8, labels, orig_labels,
     shard-00001.safetensors   source_index, and per-sample statistics; written atomically
 The authors' release (andrewilyas.com/datasets.tar): a folder with `CIFAR_ims` and
-`CIFAR_lab`, torch-saved tensors (or lists of batch tensors), images float in [0, 1].
+`CIFAR_lab`, torch-saved tensors (or lists of batch tensors), images float in [0, 1]. The
+archive extracts to release_datasets/ holding d_robust_CIFAR, d_non_robust_CIFAR,
+drand_CIFAR and ddet_CIFAR; `load_dataset(root, name="ddet_CIFAR")` picks one from there.
+The files of 2019 use torch's legacy (non-zip) serialization; both forms are read with
+torch.load(weights_only=True): tensors and plain containers only, never code.
 """
 
 from __future__ import annotations
@@ -104,6 +108,27 @@ def _load_tensor_file(path: Path) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path} holds {type(obj).__name__}, not a tensor")
     return obj
+
+
+RELEASED_DATASETS = ("d_robust_CIFAR", "d_non_robust_CIFAR", "drand_CIFAR", "ddet_CIFAR")
+RELEASE_FOLDER = "release_datasets"
+
+
+def released_dataset(root: Path, name: str | None) -> Path:
+    """The folder of released dataset `name` under root (or root/release_datasets); root itself
+    when name is None, unless root holds several released datasets (then: pick one)."""
+    bases = [b for b in (root, root / RELEASE_FOLDER) if b.is_dir()]
+    present = [n for n in RELEASED_DATASETS if any((b / n).is_dir() for b in bases)]
+    if name is None:
+        if present and not AuthorsReleaseReader().detect(root):
+            raise UserError(f"{root} holds the authors' released datasets {', '.join(present)}; "
+                            f"pick one with --name")
+        return root
+    for base in bases:
+        if (base / name).is_dir():
+            return base / name
+    known = ", ".join(present or RELEASED_DATASETS)
+    raise UserError(f"{root} holds no dataset named {name!r} (the release's names: {known})")
 
 
 class AuthorsReleaseReader:
