@@ -1,4 +1,5 @@
-"""Data: find, read, cache and subset CIFAR-10; loaders live in tensor_loader.py and dali.py.
+"""Data: find, read, cache and subset CIFAR-10 (and CIFAR-100, SVHN, image folders, Restricted
+ImageNet: sources.py); loaders live in tensor_loader.py and dali.py.
 
     dataset = load_dataset("../shared/data", subset=5000, seed=0)
     dataset.train.images  # (N, 3, 32, 32) uint8, canonical labels in dataset.train.labels
@@ -18,11 +19,13 @@ from advfeat.data.arrays import CIFAR10_CLASSES, Dataset, Split, content_digest
 from advfeat.data.augment import AUGMENTATIONS, augmentation_name
 from advfeat.data.cache import cache_root, load_cached
 from advfeat.data.sources import PYTHON_ARCHIVE, find_reader, register_reader
-from advfeat.data.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split
+from advfeat.data.restricted_imagenet import RestrictedImageNetReader
+from advfeat.data.synthesized import AdvfeatDatasetReader, AuthorsReleaseReader, attach_test_split, released_dataset
 
 # Train-only formats: their test split is the real one (see synthesized.py).
 register_reader(AdvfeatDatasetReader())
 register_reader(AuthorsReleaseReader())
+register_reader(RestrictedImageNetReader(), first=False)
 
 __all__ = [
     "AUGMENTATIONS", "CIFAR10_CLASSES", "Dataset", "Split", "content_digest", "default_data_path", "load_dataset",
@@ -56,22 +59,27 @@ def default_data_path() -> Path:
 def load_dataset(
     path: str | Path | None = None,
     *,
+    name: str | None = None,
     test_data: str | Path | None = None,
     subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
     verbose: bool = False,
 ) -> Dataset:
-    """Read any supported form of CIFAR-10 (decoded once, then cached) and subset it.
+    """Read any supported dataset (decoded once, then cached) and subset it.
+
+    name picks one dataset inside `path`: one of the authors' released datasets
+    (d_robust_CIFAR, ...) in the root of their extracted archive.
 
     subset / test_subset keep that many examples of the train / test split, stratified by
     class and chosen by `seed`. Train-only datasets (synthesized, the authors' release)
     take their test split from `test_data`, else from the source data they record.
     """
-    for name, n in (("subset", subset), ("test subset", test_subset)):
+    for what, n in (("subset", subset), ("test subset", test_subset)):
         if n is not None and n < 1:
-            raise UserError(f"{name} must be at least 1, got {n}")
+            raise UserError(f"{what} must be at least 1, got {n}")
     path = Path(path).expanduser() if path is not None else default_data_path()
+    path = released_dataset(path, name)
     reader = find_reader(path)
     start = time.perf_counter()
     if reader.fingerprint(path) is None:

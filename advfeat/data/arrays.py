@@ -67,6 +67,12 @@ class Dataset:
     source: dict = field(default_factory=dict)
     classes: tuple[str, ...] = CIFAR10_CLASSES
 
+    def __post_init__(self) -> None:
+        # Readers of datasets other than CIFAR-10 record their class names in source["classes"],
+        # which survives the decode cache (its metadata is the source dict, as JSON).
+        if self.source.get("classes"):
+            self.classes = tuple(self.source["classes"])
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

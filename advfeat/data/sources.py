@@ -1,13 +1,22 @@
-"""Readers for the on-disk forms of CIFAR-10, detected from the path alone.
+"""Readers for the on-disk forms of image datasets, detected from the path alone.
 
 A reader is a small object with `name`, `detect(path)`, `fingerprint(path)` and
 `read(path) -> Dataset`. `find_reader` tries them in order; `register_reader` lets other
-parts of advfeat (synthesized datasets, the authors' released tensors) plug in their own.
+parts of advfeat (synthesized datasets, the authors' released tensors, Restricted ImageNet)
+plug in their own.
 
 Built in:
-- the standard python release: `cifar-10-batches-py/` or `cifar-10-python.tar.gz`;
+- CIFAR-10's python release: `cifar-10-batches-py/` or `cifar-10-python.tar.gz`;
+- CIFAR-100's python release: `cifar-100-python/` (train, test, meta) or its .tar.gz; the
+  100 fine labels, names from `meta`;
+- SVHN as torchvision keeps it: `train_32x32.mat` + `test_32x32.mat` (label 10 is digit 0);
 - image folders `train/<class>/*.{png,jpg}` + `test/<class>/*`, as folders or inside
-  `.tar`/`.tar.gz` archives (`../shared/data` is this form).
+  `.tar`/`.tar.gz` archives (`../shared/data` is this form): the ten CIFAR-10 class names
+  (any case) take CIFAR-10's canonical labels; any other set of N >= 2 classes takes the
+  order of `classes.txt` at the root if present (advfeat export writes it), else sorted
+  folder names (torchvision's ImageFolder order);
+- `dataset.npz` (written by `advfeat export --format npz`): arrays only, no pickles.
+Class names and the image size always come from the data (Dataset.classes, images.shape).
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class Reader(Protocol):
     def read(self, path: Path) -> Dataset: ...
 
 
+def source_record(reader_name: str, path: Path, classes: tuple[str, ...]) -> dict:
+    """A Dataset's `source`: the reader, the path, and the class names in label order."""
+    return {"format": reader_name, "path": str(path.resolve()), "classes": list(classes)}
+
+
 def stat_fingerprint(files: list[Path], root: Path) -> str:
     """sha256 over (relative path, size, mtime) of each file: a change to any file shows."""
     h = hashlib.sha256()
@@ -69,6 +83,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Bytes pickled by Python 3 at protocol 2 come back through _codecs.encode(str, "latin1"),
+        # a pure function (torch's weights_only unpickler allows it too).
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -77,13 +94,27 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_python_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _unpickle(raw: bytes, where: str, what: str) -> dict:
+    """A dict of numpy arrays, lists, bytes and numbers; any other global is refused."""
     try:
-        batch = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as err:  # any malformed file is a data error, not a crash
+        raise UserError(f"{where} is not a readable {what} ({err})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where} is not a readable {what} (holds {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def _load_python_batch(raw: bytes, where: str, label_key: bytes = b"labels",
+                       what: str = "CIFAR-10 python batch") -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(raw, where, what)
+    try:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as err:  # any malformed batch is a data error, not a crash
-        raise UserError(f"{where} is not a readable CIFAR-10 python batch ({err})") from None
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} images but {len(labels)} labels")
+    except Exception as err:
+        raise UserError(f"{where} is not a readable {what} ({err})") from None
     return data, labels
 
 
@@ -140,6 +171,149 @@ class CifarPythonReader:
         return Dataset(splits["train"], splits["test"], {"format": self.name, "path": str(path.resolve())})
 
 
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+
+
+class Cifar100PythonReader:
+    """CIFAR-100's pickled release: `train`, `test` and `meta` in cifar-100-python/ (folder
+    or .tar.gz). Fine labels (100 classes), names from meta's fine_label_names; the 20
+    coarse labels are not read."""
+
+    name = "cifar100-python"
+    files = ("train", "test", "meta")
+
+    def _locate(self, path: Path) -> Path | None:
+        for candidate in (path, path / CIFAR100_FOLDER, path / CIFAR100_ARCHIVE):
+            if candidate.is_dir() and all((candidate / f).is_file() for f in self.files):
+                return candidate
+            if candidate.is_file() and candidate.name == CIFAR100_ARCHIVE:
+                return candidate
+        return None
+
+    def detect(self, path: Path) -> bool:
+        return self._locate(path) is not None
+
+    def fingerprint(self, path: Path) -> str:
+        where = self._locate(path)
+        files = [where] if where.is_file() else [where / f for f in self.files]
+        return stat_fingerprint(files, where.parent)
+
+    def _raw(self, where: Path) -> dict[str, bytes]:
+        if where.is_dir():
+            return {f: (where / f).read_bytes() for f in self.files}
+        found = {}
+        with tarfile.open(where) as tf:
+            for member in tf:
+                name = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and name in self.files:
+                    found[name] = tf.extractfile(member).read()
+        missing = [f for f in self.files if f not in found]
+        if missing:
+            raise UserError(f"{where} lacks CIFAR-100 files {', '.join(missing)}")
+        return found
+
+    def read(self, path: Path) -> Dataset:
+        where = self._locate(path)
+        raw = self._raw(where)
+        meta = _unpickle(raw["meta"], f"{where}/meta", "CIFAR-100 meta file")
+        try:
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"])
+        except (KeyError, TypeError, UnicodeDecodeError) as err:
+            raise UserError(f"{where}/meta has no readable fine_label_names ({err})") from None
+        splits = {}
+        for split in SPLITS:
+            images, labels = _load_python_batch(raw[split], f"{where}/{split}", b"fine_labels", "CIFAR-100 file")
+            if labels.min() < 0 or labels.max() >= len(classes):
+                raise UserError(f"{where}/{split}: labels outside 0..{len(classes) - 1}")
+            splits[split] = Split(images, labels)
+        return Dataset(splits["train"], splits["test"], source_record(self.name, path, classes))
+
+
+# --------------------------------------------------------------------------- SVHN
+
+
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+SVHN_CLASSES = tuple(str(d) for d in range(10))
+
+
+class SvhnMatReader:
+    """SVHN's cropped digits as torchvision keeps them: train_32x32.mat and test_32x32.mat.
+
+    Each holds X (32, 32, 3, N) uint8 and y (N, 1) with labels 1..10, 10 meaning the digit 0;
+    advfeat's label is the digit (torchvision's mapping). extra_32x32.mat is not read. MATLAB
+    v5 files are plain arrays: scipy.io.loadmat runs no code from them.
+    """
+
+    name = "svhn-mat"
+
+    def detect(self, path: Path) -> bool:
+        return path.is_dir() and all((path / f).is_file() for f in SVHN_FILES.values())
+
+    def fingerprint(self, path: Path) -> str:
+        return stat_fingerprint([path / f for f in SVHN_FILES.values()], path)
+
+    def _split(self, file: Path) -> Split:
+        from scipy.io import loadmat
+
+        try:
+            mat = loadmat(file, variable_names=["X", "y"])
+            images = np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1)  # HWCN -> NCHW
+            labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10
+        except Exception as err:
+            raise UserError(f"{file} is not a readable SVHN .mat file ({str(err).splitlines()[0]})") from None
+        if images.shape[1] != 3 or len(images) != len(labels):
+            raise UserError(f"{file}: expected X (H, W, 3, N) and N labels, got {tuple(mat['X'].shape)} and "
+                            f"{len(labels)}")
+        return Split(images, labels)
+
+    def read(self, path: Path) -> Dataset:
+        train, test = (self._split(path / SVHN_FILES[s]) for s in SPLITS)
+        return Dataset(train, test, source_record(self.name, path, SVHN_CLASSES))
+
+
+# --------------------------------------------------------------------------- npz
+
+
+NPZ_FILE = "dataset.npz"
+NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "classes")
+
+
+class NpzReader:
+    """`dataset.npz` (advfeat export --format npz): the arrays of NPZ_KEYS, classes as a
+    unicode array; read with allow_pickle=False, so an object array is refused."""
+
+    name = "npz"
+
+    def _file(self, path: Path) -> Path:
+        return path / NPZ_FILE if path.is_dir() else path
+
+    def detect(self, path: Path) -> bool:
+        return (path.is_dir() and (path / NPZ_FILE).is_file()) or (path.is_file() and path.suffix == ".npz")
+
+    def fingerprint(self, path: Path) -> None:
+        return None  # already decoded arrays
+
+    def read(self, path: Path) -> Dataset:
+        file = self._file(path)
+        try:
+            with np.load(file, allow_pickle=False) as arrays:
+                missing = [k for k in NPZ_KEYS if k not in arrays.files]
+                if missing:
+                    raise UserError(f"{file} lacks the arrays {', '.join(missing)}")
+                a = {k: arrays[k] for k in NPZ_KEYS}
+        except (OSError, ValueError) as err:
+            raise UserError(f"{file} is not a readable dataset.npz ({str(err).splitlines()[0]})") from None
+        try:
+            train, test = Split(a["train_images"], a["train_labels"]), Split(a["test_images"], a["test_labels"])
+        except ValueError as err:
+            raise UserError(f"{file}: {err}") from None
+        return Dataset(train, test, source_record(self.name, path, tuple(str(c) for c in a["classes"])))
+
+
 # --------------------------------------------------------------------------- image folders
 
 
@@ -156,18 +330,48 @@ class EncodedSplit:
         return len(self.files)
 
 
-def _class_index(split: str, folder_names: set[str], where: Path) -> dict[str, int]:
-    """Map class-folder names (any case) onto canonical labels; refuse any other layout."""
-    lowered = {name.lower(): name for name in folder_names}
-    if set(lowered) != set(CIFAR10_CLASSES):
-        missing = sorted(set(CIFAR10_CLASSES) - set(lowered))
-        extra = sorted(set(lowered) - set(CIFAR10_CLASSES))
-        detail = "; ".join(
-            part for part in (f"missing {', '.join(missing)}" if missing else "",
-                              f"unexpected {', '.join(extra)}" if extra else "") if part
-        )
-        raise UserError(f"{where}: {split}/ must hold one folder per CIFAR-10 class ({detail})")
-    return {lowered[c]: i for i, c in enumerate(CIFAR10_CLASSES)}
+CLASS_LIST = "classes.txt"
+
+
+def _difference(found: set[str], expected: set[str]) -> str:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    return "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                       f"unexpected {', '.join(extra)}" if extra else "") if part)
+
+
+def class_order(by_split: dict[str, set[str]], listed: list[str] | None, where: Path) -> tuple[str, ...]:
+    """The class names in label order, from the class folders of every split.
+
+    The ten CIFAR-10 names (any case) give CIFAR-10's canonical order; else `listed` (the
+    root's classes.txt) when given, else the sorted folder names. Every split must hold the
+    same classes, at least two of them.
+    """
+    train = by_split[SPLITS[0]]
+    for split, names in by_split.items():
+        if names != train:
+            raise UserError(f"{where}: train/ and {split}/ must hold the same class folders "
+                            f"(train/ against {split}/: {_difference(train, names)})")
+    if {name.lower() for name in train} == set(CIFAR10_CLASSES) and len(train) == 10:
+        lowered = {name.lower(): name for name in train}
+        return tuple(lowered[c] for c in CIFAR10_CLASSES)
+    if len(train) < 2:
+        raise UserError(f"{where}: a classification dataset needs at least 2 class folders, found "
+                        f"{len(train)} ({', '.join(sorted(train)) or 'none'})")
+    if listed is not None:
+        if set(listed) != train or len(listed) != len(train):
+            raise UserError(f"{where / CLASS_LIST} does not list the class folders ({_difference(set(listed), train)})")
+        return tuple(listed)
+    return tuple(sorted(train))
+
+
+def empty_class_folders(path: Path) -> list[str]:
+    """'split/class' for every class folder that holds no image file (folders only)."""
+    empty = []
+    for split in SPLITS:
+        for folder in sorted(p for p in (path / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not any(f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES) for f in folder.iterdir()):
+                empty.append(f"{split}/{folder.name}")
+    return empty
 
 
 def _split_and_class(relative: str) -> tuple[str, str, str] | None:
@@ -229,22 +433,47 @@ class ImageFolderReader:
             except (tarfile.TarError, OSError, EOFError) as err:
                 raise UserError(f"cannot read archive {archive}: {err}") from None
 
+    def _listed_classes(self, path: Path) -> list[str] | None:
+        listing = path / CLASS_LIST
+        if not (self._has_folders(path) and listing.is_file()):
+            return None
+        return [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def classes(self, path: Path, found: dict[str, set[str]]) -> tuple[str, ...]:
+        if self._has_folders(path):
+            empty = empty_class_folders(path)
+            if empty:
+                raise UserError(f"{path}: class folder{'s' if len(empty) > 1 else ''} without images: "
+                                f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+        return class_order(found, self._listed_classes(path), path)
+
     def encoded(self, path: Path) -> dict[str, EncodedSplit]:
-        """Every split's encoded files with canonical labels (what the DALI pipeline decodes)."""
+        """Every split's encoded files with their labels (what the DALI pipeline decodes)."""
+        return self._encoded(path)[0]
+
+    def _encoded(self, path: Path) -> tuple[dict[str, EncodedSplit], tuple[str, ...]]:
+        """(every split's encoded files with labels, the class folders in label order)."""
         by_split: dict[str, list[tuple[str, str, bytes]]] = {s: [] for s in SPLITS}
         for split, cls, name, data in self._walk(path):
             by_split[split].append((cls, name, data))
-        out = {}
         for split, items in by_split.items():
             if not items:
                 raise UserError(f"{path}: no images found for the {split} split")
-            index = _class_index(split, {cls for cls, _, _ in items}, path)
-            out[split] = EncodedSplit([(index[cls], f"{cls}/{name}", data) for cls, name, data in items])
-        return out
+        classes = self.classes(path, {split: {cls for cls, _, _ in items} for split, items in by_split.items()})
+        index = {name: i for i, name in enumerate(classes)}
+        return {split: EncodedSplit([(index[cls], f"{cls}/{name}", data) for cls, name, data in items])
+                for split, items in by_split.items()}, classes
 
     def read(self, path: Path) -> Dataset:
-        splits = {s: Split(decode_images(e.files, e.names, path), e.labels) for s, e in self.encoded(path).items()}
-        return Dataset(splits["train"], splits["test"], {"format": self.name, "path": str(path.resolve())})
+        encoded, folders = self._encoded(path)
+        splits = {s: Split(decode_images(e.files, e.names, path), e.labels) for s, e in encoded.items()}
+        sizes = {s: split.images.shape[1:] for s, split in splits.items()}
+        if sizes["train"] != sizes["test"]:
+            raise UserError(f"{path}: train images are {sizes['train']} but test images {sizes['test']}; "
+                            f"resize them to one size first")
+        lowered = tuple(name.lower() for name in folders)
+        return Dataset(splits["train"], splits["test"],
+                       source_record(self.name, path, CIFAR10_CLASSES if lowered == CIFAR10_CLASSES else folders))
 
 
 def decode_images(files: list[bytes], names: list[str], where: Path) -> np.ndarray:
@@ -268,7 +497,8 @@ def decode_images(files: list[bytes], names: list[str], where: Path) -> np.ndarr
 
 # --------------------------------------------------------------------------- registry
 
-READERS: list[Reader] = [CifarPythonReader(), ImageFolderReader()]
+READERS: list[Reader] = [CifarPythonReader(), Cifar100PythonReader(), SvhnMatReader(), NpzReader(),
+                         ImageFolderReader()]
 
 
 def register_reader(reader: Reader, first: bool = True) -> None:
@@ -288,6 +518,7 @@ def find_reader(path: Path) -> Reader:
         except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as err:
             raise UserError(f"cannot read {path}: {err}") from None
     raise UserError(
-        f"{path} is not a CIFAR-10 dataset advfeat can read: expected {PYTHON_FOLDER}/ or {PYTHON_ARCHIVE}, "
-        f"train/ and test/ image folders (or .tar/.tar.gz archives of them), or an advfeat dataset"
+        f"{path} is not a CIFAR-10 dataset or any other dataset advfeat can read: expected {PYTHON_FOLDER}/ "
+        f"or {PYTHON_ARCHIVE}, {CIFAR100_FOLDER}/, SVHN's {' and '.join(SVHN_FILES.values())}, train/ and test/ "
+        f"image folders (or .tar/.tar.gz archives of them), an ImageNet folder, {NPZ_FILE}, or an advfeat dataset"
     )
