@@ -67,8 +67,14 @@ def add_setting(p, cls, name: str, *, flag: str | None = None, default=_UNSET, h
     p.add_argument(flag or "--" + name.replace("_", "-"), default=default, help=text.replace("%", "%%"), **kwargs)
 
 
+def _add_name_flag(p) -> None:
+    p.add_argument("--name", help="one dataset inside the data folder: the authors' released d_robust_CIFAR, "
+                                  "d_non_robust_CIFAR, drand_CIFAR or ddet_CIFAR, from their archive's root")
+
+
 def _add_data_flags(p, subset: bool = True) -> None:
     p.add_argument("--data", help="CIFAR-10 in any supported form (default: $ADVFEAT_DATA, else download)")
+    _add_name_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, order, augmentation, attacks")
     if subset:
@@ -92,8 +98,8 @@ def _train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.resume and args.force:
         raise UserError("--resume and --force contradict each other; pick one")
-    dataset = load_dataset(args.data, test_data=args.test_data, subset=args.subset, test_subset=args.test_subset,
-                           seed=args.seed, verbose=not args.quiet)
+    dataset = load_dataset(args.data, name=args.name, test_data=args.test_data, subset=args.subset,
+                           test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
     card = train(config, dataset, Path(args.out), device=device, resume=args.resume, force=args.force,
                  progress=not args.quiet)
     metrics = card["metrics"]
@@ -144,7 +150,7 @@ def _eval(args: argparse.Namespace) -> None:
             raise UserError(f"eps must be >= 0, got {' '.join(map(str, args.eps))}")
     model, card = load_model(args.model, device)
     data = args.data or card.get("data", {}).get("path")
-    dataset = load_dataset(data, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
+    dataset = load_dataset(data, name=args.name, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
     x, y = split_tensors(dataset.test, device)
     result = {"model": str(args.model), "arch": card["arch"], "robust_training": card.get("robust"),
               "data": dataset.source, "device": device_name(device),
@@ -338,6 +344,95 @@ def _add_theory(sub) -> None:
     p.set_defaults(func=_theory)
 
 
+# --------------------------------------------------------------------------- export, inspect
+
+
+def _export(args: argparse.Namespace) -> None:
+    from advfeat.data import load_dataset
+    from advfeat.data.export import export_dataset
+
+    dataset = load_dataset(args.dataset, name=args.name, test_data=args.test_data, verbose=not args.quiet,
+                           need_test=args.format != "authors")
+    out = export_dataset(dataset, args.format, Path(args.out))
+    n_test = f" + {len(dataset.test)} test" if args.format != "authors" else ""
+    print(f"exported {len(dataset.train)} train{n_test} images, {dataset.num_classes} classes, "
+          f"as {args.format} -> {out}")
+
+
+def _add_export(sub) -> None:
+    from advfeat.data.export import EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="write a dataset losslessly as the authors' CIFAR_ims/CIFAR_lab, an image "
+                                      "folder or an .npz")
+    p.add_argument("dataset", help="the dataset: any form advfeat reads (advfeat synth output included)")
+    _add_name_flag(p)
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="authors: CIFAR_ims + CIFAR_lab (train split) as the robustness library reads them; "
+                        "imagefolder: train/ and test/ PNG class folders (uint8 data only); npz: dataset.npz")
+    p.add_argument("--out", required=True, help="a new folder to write")
+    p.add_argument("--test-data", help="where a train-only dataset takes its real test split (imagefolder, npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_export)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from advfeat.data import load_dataset
+    from advfeat.data.dataset_report import dataset_report, image_grid, model_agreement, write_png
+    from advfeat.io import write_json
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    dataset = load_dataset(args.dataset, name=args.name, test_data=args.test_data, subset=args.subset,
+                           seed=args.seed, verbose=not args.quiet, need_test=False)
+    report = dataset_report(dataset)
+    if args.model:
+        from advfeat.checkpoint import load_model
+        from advfeat.runtime import resolve_device
+
+        device = resolve_device(args.device)
+        model, _ = load_model(args.model, device)
+        report["model"] = {"path": str(args.model)} | model_agreement(model, dataset, device, args.batch_size)
+    _print_inspection(report)
+    if out is not None:
+        write_png(image_grid(dataset.train, dataset.num_classes), out / "grid.png")
+        write_json(out / "inspect.json", report)
+        print(f"-> {out / 'inspect.json'}, {out / 'grid.png'}")
+
+
+def _print_inspection(report: dict) -> None:
+    train = report["train"]
+    pixels = train["pixels"]
+    print(f"{report['source'].get('format')}: {train['n']} train images {tuple(pixels['shape'])} {pixels['dtype']}, "
+          f"pixels in [{pixels['min']:.3f}, {pixels['max']:.3f}], {len(report['classes'])} classes")
+    for split in ("train", "test"):
+        if split in report:
+            counts = report[split]["per_class"].values()
+            print(f"  {split}: {min(counts)}..{max(counts)} images a class (rarest/commonest "
+                  f"{report[split]['min_over_max']:.2f})"
+                  + (f"; EMPTY: {', '.join(report[split]['empty_classes'][:5])}" if report[split]["empty_classes"]
+                     else ""))
+    if "model" in report:
+        m = report["model"]
+        print(f"  model {m['path']}: {m['meaning']} {m['agreement']:.4f} on {m['n']} images")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="check a dataset: class balance, an image grid, a model's agreement")
+    p.add_argument("dataset", help="the dataset: any form advfeat reads (advfeat synth output included)")
+    _add_name_flag(p)
+    p.add_argument("--model", help="a model folder: how often its prediction equals the label (for D_rand/D_det: "
+                                   "the target success)")
+    p.add_argument("--out", help="folder for inspect.json and grid.png (default: print only)")
+    p.add_argument("--subset", type=_positive_int, help="inspect N training images (stratified, seeded)")
+    p.add_argument("--test-data", help="also report the class balance of this real test split")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="the model's batch size (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --subset")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="advfeat", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"advfeat {__version__}")
@@ -350,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_doctor_parser(sub)
     _add_theory(sub)
+    _add_export(sub)
+    _add_inspect(sub)
     return parser
 
 

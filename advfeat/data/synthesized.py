@@ -132,7 +132,8 @@ def released_dataset(root: Path, name: str | None) -> Path:
 
 
 class AuthorsReleaseReader:
-    """The authors' released D_R / D_NR / D_rand / D_det: CIFAR_ims + CIFAR_lab."""
+    """The authors' released D_R / D_NR / D_rand / D_det: CIFAR_ims + CIFAR_lab (and, when
+    advfeat export wrote them, classes.txt: the class names in label order)."""
 
     name = "authors-release"
 
@@ -150,7 +151,22 @@ class AuthorsReleaseReader:
         if images.is_floating_point() and (images.min() < 0 or images.max() > 1):
             raise UserError(f"{path}: float images must lie in [0, 1]")
         train = Split(images.numpy(), labels.long().numpy())
-        return Dataset(train, None, {"format": self.name, "path": str(path.resolve())})
+        return Dataset(train, None, self._source(path, train))
+
+    def _source(self, path: Path, train: Split) -> dict:
+        """The source record; class names from classes.txt when advfeat export wrote one beside
+        the tensors (the release has none: CIFAR-10's)."""
+        from advfeat.data.arrays import CIFAR10_CLASSES
+        from advfeat.data.sources import CLASS_LIST
+
+        source = {"format": self.name, "path": str(path.resolve())}
+        if (path / CLASS_LIST).is_file():
+            lines = (path / CLASS_LIST).read_text(encoding="utf-8").splitlines()
+            source["classes"] = [c.strip() for c in lines if c.strip()]
+        classes = len(source.get("classes", CIFAR10_CLASSES))
+        if len(train) and (train.labels.min() < 0 or train.labels.max() >= classes):
+            raise UserError(f"{path}: CIFAR_lab holds labels outside 0..{classes - 1}")
+        return source
 
 
 def attach_test_split(dataset: Dataset, test_data: str | Path | None, load) -> Dataset:
