@@ -167,3 +167,194 @@ def test_restricted_imagenet_refuses_a_partial_copy(tmp_path):
     shutil.rmtree(tmp_path / "imagenet" / "train" / "n00000999")
     with pytest.raises(UserError, match="all 1000 ImageNet class folders"):
         load_dataset(tmp_path / "imagenet")
+
+
+def test_cifar100_pickle_with_code_is_refused(tmp_path):
+    import os
+
+    write_cifar100(tmp_path / "c100", classes=2)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "c100" / "cifar-100-python" / "meta").write_bytes(pickle.dumps({b"fine_label_names": Evil()}))
+    with pytest.raises(UserError, match="refusing to load"):
+        load_dataset(tmp_path / "c100")
+    assert not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- one epoch on other datasets
+
+
+@pytest.mark.parametrize("layout", ["cifar100", "svhn"])
+def test_train_one_epoch_of_tiny(tmp_path, layout):
+    from advfeat.checkpoint import load_model
+
+    if layout == "cifar100":
+        write_cifar100(tmp_path / "data", per_class=1)
+        classes = 100
+    else:
+        write_svhn(tmp_path / "data", per_class=4)
+        classes = 10
+    code, out, err = run_cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "model"),
+                             "--arch", "tiny", "--epochs", "1", "--batch-size", "32", "--quiet")
+    assert code == 0, err
+    model, card = load_model(tmp_path / "model")
+    assert card["num_classes"] == classes and model.head.out_features == classes
+    assert card["data"]["format"] == {"cifar100": "cifar100-python", "svhn": "svhn-mat"}[layout]
+    assert 0.0 <= card["metrics"]["test_accuracy"] <= 1.0 and np.isfinite(card["metrics"]["train_loss"])
+
+
+# --------------------------------------------------------------------------- the authors' release
+
+
+def write_release(root: Path, name: str, images: torch.Tensor, labels: torch.Tensor, legacy: bool) -> Path:
+    """release_datasets/<name>/CIFAR_ims, CIFAR_lab: lists of batch tensors, as the 2019 files."""
+    folder = root / "release_datasets" / name
+    folder.mkdir(parents=True)
+    options = {"_use_new_zipfile_serialization": False} if legacy else {}
+    torch.save(list(images.split(7)), folder / "CIFAR_ims", **options)
+    torch.save(list(labels.split(7)), folder / "CIFAR_lab", **options)
+    return folder
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_released_datasets_by_name_in_either_serialization(tmp_path, legacy):
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(20, 3, 32, 32, generator=g), torch.randint(0, 10, (20,), generator=g)
+    write_release(tmp_path, "ddet_CIFAR", images, labels, legacy)
+    write_release(tmp_path, "drand_CIFAR", images[:5], labels[:5], legacy)
+    if legacy:  # the file really is the pre-1.6 format: a raw pickle stream, not a zip archive
+        assert not (tmp_path / "release_datasets" / "ddet_CIFAR" / "CIFAR_ims").read_bytes().startswith(b"PK")
+    d = load_dataset(tmp_path, name="ddet_CIFAR", need_test=False)
+    assert d.source["format"] == "authors-release" and d.test is None
+    np.testing.assert_array_equal(d.train.images, images.numpy())
+    np.testing.assert_array_equal(d.train.labels, labels.numpy())
+    with pytest.raises(UserError, match="pick one with --name"):
+        load_dataset(tmp_path, need_test=False)
+    code, out, err = run_cli("inspect", str(tmp_path), "--name", "d_robust_CIFAR")
+    assert code == 2 and "no dataset named 'd_robust_CIFAR'" in err and err.count("\n") == 1
+
+
+def test_release_file_holding_code_is_refused(tmp_path):
+    folder = write_release(tmp_path, "ddet_CIFAR", torch.rand(2, 3, 4, 4), torch.tensor([0, 1]), legacy=True)
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save([Evil()], folder / "CIFAR_ims", _use_new_zipfile_serialization=False)
+    code, out, err = run_cli("inspect", str(tmp_path), "--name", "ddet_CIFAR")
+    assert code == 2 and "cannot load" in err and err.count("\n") == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def by_label_stable(split):
+    order = np.argsort(split.labels, kind="stable")
+    return split.images[order], split.labels[order]
+
+
+def test_export_round_trips_bit_for_bit(tmp_path):
+    write_cifar100(tmp_path / "c100", per_class=2, classes=5)
+    original = load_dataset(tmp_path / "c100")
+    for fmt in ("npz", "imagefolder", "authors"):
+        out = tmp_path / fmt
+        code, _, err = run_cli("export", str(tmp_path / "c100"), "--format", fmt, "--out", str(out), "--quiet")
+        assert code == 0, err
+        again = load_dataset(out, need_test=False)
+        assert again.classes == original.classes, fmt
+        if fmt == "imagefolder":  # class-major, each class in its original order
+            for split in ("train", "test"):
+                for got, want in zip(by_label_stable(getattr(again, split)), by_label_stable(getattr(original, split))):
+                    np.testing.assert_array_equal(got, want)
+                    assert got.dtype == want.dtype
+        else:
+            splits = ("train", "test") if fmt == "npz" else ("train",)
+            for split in splits:
+                np.testing.assert_array_equal(getattr(again, split).images, getattr(original, split).images)
+                np.testing.assert_array_equal(getattr(again, split).labels, getattr(original, split).labels)
+                assert getattr(again, split).images.dtype == np.uint8
+    # The robustness library's own way of reading CIFAR_ims / CIFAR_lab.
+    ims = torch.cat(torch.load(tmp_path / "authors" / "CIFAR_ims", weights_only=True))
+    lab = torch.cat(torch.load(tmp_path / "authors" / "CIFAR_lab", weights_only=True))
+    assert torch.equal(ims, torch.from_numpy(original.train.images)) and lab.dtype == torch.int64
+
+
+def test_float_dataset_exports_losslessly_and_refuses_png(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(12, 3, 8, 8, generator=g).half()
+    write_release(tmp_path / "src", "d_robust_CIFAR", images, torch.arange(12) % 10, legacy=False)
+    code, _, err = run_cli("export", str(tmp_path / "src"), "--name", "d_robust_CIFAR", "--format", "authors",
+                           "--out", str(tmp_path / "out"), "--quiet")
+    assert code == 0, err
+    again = load_dataset(tmp_path / "out", need_test=False)
+    assert again.train.images.dtype == np.float16
+    np.testing.assert_array_equal(again.train.images.view(np.uint16), images.numpy().view(np.uint16))
+    code, _, err = run_cli("export", str(tmp_path / "src"), "--name", "d_robust_CIFAR", "--format", "imagefolder",
+                           "--out", str(tmp_path / "png"), "--test-data", str(tmp_path / "out"), "--quiet")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "png").exists()
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_reports_balance_grid_and_model_agreement(tmp_path):
+    from PIL import Image
+
+    from advfeat.checkpoint import save_model
+    from advfeat.models import create_model
+
+    write_svhn(tmp_path / "svhn", per_class=3)
+    model = create_model("tiny", 10).eval()
+    save_model(tmp_path / "model", model, {"kind": "model", "arch": "tiny", "num_classes": 10,
+                                            "feature_dim": model.feature_dim})
+    code, out, err = run_cli("inspect", str(tmp_path / "svhn"), "--model", str(tmp_path / "model"),
+                             "--out", str(tmp_path / "report"), "--device", "cpu", "--quiet")
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "inspect.json").read_text())
+    d = load_dataset(tmp_path / "svhn")
+    assert report["train"]["per_class"] == {str(c): 3 for c in range(10)}
+    # Agreement against the model run here directly, image by image.
+    with torch.no_grad():
+        preds = torch.stack([model(torch.from_numpy(x[None]).float() / 255).argmax(1)[0] for x in d.train.images])
+    assert report["model"]["agreement"] == pytest.approx(float((preds.numpy() == d.train.labels).mean()))
+    assert f"{report['model']['agreement']:.4f}" in out
+    grid = np.asarray(Image.open(tmp_path / "report" / "grid.png"))
+    first_zero = d.train.images[np.flatnonzero(d.train.labels == 0)[0]]  # row 0, column 0, zoom 1 at 32 px
+    np.testing.assert_array_equal(grid[2:34, 2:34], first_zero.transpose(1, 2, 0))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("problem", ["one-class", "empty-class", "mixed-sizes"])
+@pytest.mark.parametrize("command", ["inspect", "export", "train"])
+def test_bad_folder_is_one_line_exit_2_nothing_written(tmp_path, problem, command):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    write_png_folders(data, ["a", "b", "c"], per_class=1, size=8)
+    if problem == "one-class":
+        for split in ("train", "test"):
+            for name in ("b", "c"):
+                shutil.rmtree(data / split / name)
+        expected = "at least 2 class folders"
+    elif problem == "empty-class":
+        for f in (data / "train" / "b").iterdir():
+            f.unlink()
+        expected = "without images: train/b"
+    else:
+        Image.new("RGB", (9, 8)).save(data / "train" / "c" / "odd.png")
+        expected = "differ in size"
+    out = tmp_path / "out"
+    argv = {"inspect": ["inspect", str(data), "--out", str(out)],
+            "export": ["export", str(data), "--format", "npz", "--out", str(out)],
+            "train": ["train", "--data", str(data), "--out", str(out), "--arch", "tiny", "--epochs", "1"]}[command]
+    code, stdout, err = run_cli(*argv, "--quiet")
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -65,11 +65,13 @@ def load_dataset(
     test_subset: int | None = None,
     seed: int = 0,
     verbose: bool = False,
+    need_test: bool = True,
 ) -> Dataset:
     """Read any supported dataset (decoded once, then cached) and subset it.
 
     name picks one dataset inside `path`: one of the authors' released datasets
-    (d_robust_CIFAR, ...) in the root of their extracted archive.
+    (d_robust_CIFAR, ...) in the root of their extracted archive. need_test=False leaves a
+    train-only dataset without a test split (dataset.test is None) unless test_data is given.
 
     subset / test_subset keep that many examples of the train / test split, stratified by
     class and chosen by `seed`. Train-only datasets (synthesized, the authors' release)
@@ -87,16 +89,18 @@ def load_dataset(
         dataset.source.setdefault("digest", content_digest(dataset.train))
     else:
         dataset, cached = load_cached(path, reader)
-    dataset = attach_test_split(dataset, test_data, load_dataset)
+    if need_test or test_data is not None:
+        dataset = attach_test_split(dataset, test_data, load_dataset)
     dataset.source["path"] = str(path.resolve())
     if verbose:
         how = "from cache" if cached else "decoded"
-        print(f"advfeat: {len(dataset.train)} train / {len(dataset.test)} test images ({reader.name}, "
+        n_test = len(dataset.test) if dataset.test is not None else 0
+        print(f"advfeat: {len(dataset.train)} train / {n_test} test images ({reader.name}, "
               f"{how} in {time.perf_counter() - start:.1f}s)", file=sys.stderr)
     if subset is not None:
         dataset.train = dataset.train.stratified_subset(subset, seed)
         dataset.source["subset"] = subset
-    if test_subset is not None:
+    if test_subset is not None and dataset.test is not None:
         dataset.test = dataset.test.stratified_subset(test_subset, seed)
         dataset.source["test_subset"] = test_subset
     return dataset
