@@ -16,10 +16,10 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from advfeat.attacks import cw_l2, frozen, frozen_view, make_threat, pgd
-from advfeat.attacks.apgd import clean_logits_of
+from advfeat.attacks import batched_forward, cw_l2, frozen, frozen_view, make_threat, pgd
 from advfeat.attacks.autoattack import CLEAN, check_autoattack_args, run_ensemble
 from advfeat.errors import UserError
+from advfeat.data.synthesized import label_shift
 from advfeat.data.tensor_loader import to_unit_float
 from advfeat.runtime import autocast, prepare_input
 from advfeat.settings import AttackSpec
@@ -38,28 +38,14 @@ def predict(model: torch.nn.Module, loader, device: torch.device) -> tuple[torch
     return torch.cat(preds), torch.cat(labels)
 
 
-@torch.no_grad()
 def predict_tensor(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Predicted labels of images already on the model's device, batch_size at a time."""
-    with frozen(model):
-        forward = frozen_view(model, False, x.device)
-        out = []
-        for i in range(0, len(x), batch_size):
-            with autocast(x.device):
-                out.append(forward(prepare_input(x[i:i + batch_size])).argmax(1))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+    return batched_forward(model, x, batch_size).argmax(1)
 
 
-@torch.no_grad()
 def features_of(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The penultimate representation g(x) of images on the model's device, batch_size at a time."""
-    with frozen(model):
-        forward = frozen_view(model, False, x.device)
-        out = []
-        for i in range(0, len(x), batch_size):
-            with autocast(x.device):
-                out.append(forward(prepare_input(x[i:i + batch_size]), return_features=True)[1].float())
-    return torch.cat(out) if out else x.new_zeros(0, getattr(model, "feature_dim", 0))
+    return batched_forward(model, x, batch_size, features=True)
 
 
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict:
@@ -74,6 +60,18 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: tuple[st
 
 def clean_accuracy(model, loader, device, classes) -> dict:
     return accuracy_report(*predict(model, loader, device), classes)
+
+
+def shifted_label_accuracy(predictions: torch.Tensor, y: torch.Tensor, dataset_folder, num_classes: int
+                           ) -> tuple[int | None, str | None, float | None]:
+    """The paper's Appendix D.6 for a model trained on a dataset whose labels are a fixed shift of
+    the originals (D_det: y + 1): its accuracy on the test set relabelled the same way.
+    Returns (shift, note, accuracy); shift is None (with a note saying why) when the dataset
+    at `dataset_folder` records no such shift, and then accuracy is None."""
+    shift, note = label_shift(dataset_folder, num_classes)
+    if not shift:
+        return shift, note, None
+    return shift, note, float((predictions == (y + shift) % num_classes).float().mean())
 
 
 # --------------------------------------------------------------------------- robust accuracy
@@ -134,63 +132,78 @@ def attack_progress_bar(total: int, eps: float, enabled: bool):
 
 def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], spec: AttackSpec,
                     *, seed: int = 0, progress: bool = False) -> dict:
-    """Clean and robust accuracy of `model` on (x, y) (tensors on the model's device)."""
+    """Clean and robust accuracy of `model` on (x, y) (tensors on the model's device) under the
+    attack `spec` names, at each eps: {"clean_accuracy", "n", "attack", "robust": rows, "warnings"}."""
     if any(not e >= 0 for e in eps_list):
         raise UserError(f"eps must be >= 0, got {eps_list}")
-    if spec.family == "autoattack":
-        return autoattack_accuracy(model, x, y, eps_list, norm=spec.norm, n_iter=spec.steps, restarts_ce=spec.restarts,
-                                   n_target_classes=spec.target_classes, batch_size=spec.batch_size, seed=seed,
-                                   compile=spec.compile, share=spec.share, square=spec.square,
-                                   square_queries=spec.square_queries, progress=progress)
-    eps_list = sorted(set(eps_list))
+    return ACCURACY_BY_FAMILY[spec.family](model, x, y, eps_list, spec, seed=seed, progress=progress)
+
+
+def pgd_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0, progress: bool = False) -> dict:
+    """PGD at each eps, smallest first; with spec.share only the survivors of a smaller eps are
+    attacked (the point that broke an example there lies in every larger ball)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     correct = predict_tensor(model, x, spec.batch_size) == y
+    robust, rows = correct.clone(), []
+    for eps in sorted(set(eps_list)):
+        candidates = robust if spec.share else correct
+        index = torch.nonzero(candidates).flatten()
+        update, bar = attack_progress_bar(len(index), eps, progress)
+        result = pgd(model, x[index], y[index], threat=make_threat(spec.norm, eps, spec.start()), steps=spec.steps,
+                     step_size=spec.step_size_for(eps), restarts=spec.restarts, retire=spec.retire,
+                     batch_size=spec.batch_size, generator=generator, compile=spec.compile, progress=update)
+        bar.close()
+        broken = torch.zeros_like(correct)
+        broken[index] = result.success
+        robust = candidates & ~broken
+        row = {"eps": eps, "step_size": spec.step_size_for(eps), "attacked": len(index),
+               "seconds": round(result.seconds, 3), "image_steps": result.image_steps,
+               "images_per_s": round(len(index) / max(result.seconds, 1e-9), 1),
+               "image_steps_per_s": round(result.image_steps_per_s, 1),
+               "zero_grad_fraction": float(result.zero_grad.float().mean()) if len(index) else 0.0}
+        rows.append(_finish_row(row, model, x, y, spec, generator, robust))
+    return _accuracy_record(correct, y, spec, rows)
+
+
+def cw_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0, progress: bool = False) -> dict:
+    """Carlini-Wagner L2: one run of minimal distances gives every eps (robust: distance > eps)."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    correct = predict_tensor(model, x, spec.batch_size) == y
+    cw = cw_l2(model, x[correct], y[correct], steps=spec.steps, binary_steps=spec.cw_binary_steps, lr=spec.cw_lr,
+               batch_size=spec.batch_size, compile=spec.compile)
+    distances = torch.full((len(x),), math.inf, device=x.device)
+    distances[correct] = cw.distance
+    attacked, rows = int(correct.sum()), []
+    for eps in sorted(set(eps_list)):
+        row = {"eps": eps, "seconds": round(cw.seconds, 3), "image_steps": cw.image_steps, "attacked": attacked,
+               "images_per_s": round(attacked / max(cw.seconds, 1e-9), 1),
+               "image_steps_per_s": round(cw.image_steps / max(cw.seconds, 1e-9), 1)}
+        rows.append(_finish_row(row, model, x, y, spec, generator, correct & (distances > eps)))
+    finite = distances[correct & torch.isfinite(distances)]
+    return _accuracy_record(correct, y, spec, rows) | {"median_distance": float(finite.median()) if len(finite) else None}
+
+
+def _finish_row(row: dict, model, x, y, spec: AttackSpec, generator, robust: torch.Tensor) -> dict:
+    """Add the weak attacks (a gradient-masking check), the accuracy and which examples survived
+    (so a report can intersect attacks: the worst case per example)."""
+    if row["eps"] > 0:
+        row |= weak_attack_accuracies(model, x, y, spec.norm, row["eps"], generator, spec.batch_size)
+    return row | {"accuracy": float(robust.float().mean()), "robust_index": torch.nonzero(robust).flatten().tolist()}
+
+
+def _accuracy_record(correct: torch.Tensor, y: torch.Tensor, spec: AttackSpec, rows: list[dict]) -> dict:
     clean = float(correct.float().mean())
-    robust = correct.clone()  # still robust at the current eps
-    rows = []
-    distances = None
-    if spec.name == "cw-l2":
-        cw = cw_l2(model, x[correct], y[correct], steps=spec.steps, binary_steps=spec.cw_binary_steps, lr=spec.cw_lr,
-                   batch_size=spec.batch_size, compile=spec.compile)
-        distances = torch.full((len(x),), math.inf, device=x.device)
-        distances[correct] = cw.distance
-    for eps in eps_list:
-        row = {"eps": eps}
-        if distances is not None:
-            robust = correct & (distances > eps)
-            row |= {"seconds": round(cw.seconds, 3), "image_steps": cw.image_steps, "attacked": int(correct.sum()),
-                    "images_per_s": round(int(correct.sum()) / max(cw.seconds, 1e-9), 1),
-                    "image_steps_per_s": round(cw.image_steps / max(cw.seconds, 1e-9), 1)}
-        else:
-            candidates = robust if spec.share else correct
-            index = torch.nonzero(candidates).flatten()
-            threat = make_threat(spec.norm, eps, spec.start())
-            update, bar = attack_progress_bar(len(index), eps, progress)
-            result = pgd(model, x[index], y[index], threat=threat, steps=spec.steps,
-                         step_size=spec.step_size_for(eps), restarts=spec.restarts, retire=spec.retire,
-                         batch_size=spec.batch_size, generator=generator, compile=spec.compile, progress=update)
-            bar.close()
-            broken = torch.zeros_like(correct)
-            broken[index] = result.success
-            robust = candidates & ~broken
-            row |= {"step_size": spec.step_size_for(eps), "attacked": len(index), "seconds": round(result.seconds, 3),
-                    "image_steps": result.image_steps,
-                    "images_per_s": round(len(index) / max(result.seconds, 1e-9), 1),
-                    "image_steps_per_s": round(result.image_steps_per_s, 1),
-                    "zero_grad_fraction": float(result.zero_grad.float().mean()) if len(index) else 0.0}
-        if eps > 0:
-            row |= weak_attack_accuracies(model, x, y, spec.norm, eps, generator, spec.batch_size)
-        row["accuracy"] = float(robust.float().mean())
-        # Which examples survived: lets a report intersect attacks (the worst case per example).
-        row["robust_index"] = torch.nonzero(robust).flatten().tolist()
-        rows.append(row)
-    if distances is not None:
-        finite = distances[correct & torch.isfinite(distances)]
-        extra = {"median_distance": float(finite.median()) if len(finite) else None}
-    else:
-        extra = {}
     return {"clean_accuracy": clean, "n": len(y), "attack": asdict(spec) | {"norm": spec.norm}, "robust": rows,
-            "warnings": masking_warnings(rows, clean, len(y)), **extra}
+            "warnings": masking_warnings(rows, clean, len(y))}
+
+
+def autoattack_spec_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0,
+                             progress: bool = False) -> dict:
+    """AutoAttack (autoattack_accuracy) with the settings of an AttackSpec."""
+    return autoattack_accuracy(model, x, y, eps_list, norm=spec.norm, n_iter=spec.steps, restarts_ce=spec.restarts,
+                               n_target_classes=spec.target_classes, batch_size=spec.batch_size, seed=seed,
+                               compile=spec.compile, share=spec.share, square=spec.square,
+                               square_queries=spec.square_queries, progress=progress)
 
 
 def split_tensors(split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,7 +242,7 @@ def autoattack_accuracy(
                           getattr(model, "num_classes", None), square_queries)
     eps_list = sorted({float(e) for e in eps_list})
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    logits = clean_logits_of(model, x, batch_size, compile)
+    logits = batched_forward(model, x, batch_size, compile=compile)
     check_autoattack_args(norm, eps_list, n_iter, restarts_ce, n_target_classes, logits.shape[1])
     correct = logits.argmax(1) == y
     clean = float(correct.float().mean()) if len(y) else 0.0
@@ -269,3 +282,7 @@ def autoattack_accuracy(
               "compile": compile, "share": share}
     return {"clean_accuracy": clean, "n": len(y), "attack": attack, "robust": rows,
             "warnings": masking_warnings(rows, clean, len(y))}
+
+
+# The attack of each AttackSpec family (settings.ATTACKS names them).
+ACCURACY_BY_FAMILY = {"pgd": pgd_accuracy, "cw": cw_accuracy, "autoattack": autoattack_spec_accuracy}

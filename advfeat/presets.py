@@ -59,9 +59,6 @@ class Preset:
         if unknown:
             raise UserError(f"unknown extra {sorted(unknown)[0]!r}; choose from {', '.join(EXTRAS)}")
 
-    def with_seeds(self, seeds: int) -> Preset:
-        return replace(self, seeds=seeds)
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

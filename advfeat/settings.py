@@ -13,7 +13,7 @@ itself on construction and raises UserError with one line.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from advfeat.errors import UserError
 from advfeat.models import model_names
@@ -34,14 +34,6 @@ KEEP = ("best", "last")
 def setting(default, help: str, choices=None, **kwargs):
     """A dataclass field with its help text (and allowed values) for the CLI."""
     return field(default=default, metadata={"help": help, "choices": choices}, **kwargs)
-
-
-def help_of(cls, name: str) -> str:
-    return next(f for f in fields(cls) if f.name == name).metadata["help"]
-
-
-def default_of(cls, name: str):
-    return next(f for f in fields(cls) if f.name == name).default
 
 
 def _check(checks: list[tuple[bool, str]]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from advfeat import __version__
+from advfeat.attacks import make_threat, pgd
 from advfeat.checkpoint import CARD, RESUME, WEIGHTS, load_tensors, save_model, save_tensors
 from advfeat.errors import UserError
 from advfeat.evaluation import clean_accuracy
 from advfeat.io import write_json
 from advfeat.models import create_model
 from advfeat.data import Dataset, make_loader
+from advfeat.data.tensor_loader import epoch_generator
 from advfeat.runtime import autocast, device_name, git_commit, maybe_compile, prepare_input, prepare_model
 from advfeat.settings import TrainConfig
 
@@ -143,11 +145,7 @@ def train_epoch(model, forward, loader, optimizer, config: TrainConfig, epoch: i
 
 def adversarial_perturbation(config: TrainConfig, device: torch.device) -> Callable | None:
     """The batch transform of adversarial training (None for standard training)."""
-    if config.adv is None:
-        return None
-    from advfeat.attacks import training_attack
-
-    return training_attack(config, device)
+    return None if config.adv is None else training_attack(config, device)
 
 
 def train(config: TrainConfig, dataset: Dataset, out_dir: Path | str, *, device: torch.device,
@@ -183,8 +181,34 @@ def train(config: TrainConfig, dataset: Dataset, out_dir: Path | str, *, device:
     return model_card(config, dataset, model, history, device)
 
 
-def config_from_args(args, **overrides) -> TrainConfig:
-    """A TrainConfig from argparse flags named like its fields (missing flags keep defaults)."""
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-    values.update(overrides)
-    return TrainConfig(**values)
+def training_attack(config, device: torch.device):
+    """The batch transform of adversarial training: PGD on (x, y) with the model frozen.
+
+    Random starts come from a generator seeded by (seed, epoch, batch), so a resumed run
+    crafts the same adversarial examples.
+    """
+    threat = make_threat(config.adv, config.eps, config.attack_start)
+
+    def perturb(model, x, y, epoch: int, batch: int) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(config.seed, epoch * 1_000_003 + batch)))
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        result = pgd(model, x, y, threat=threat, steps=config.attack_steps, step_size=config.attack_step_size,
+                     generator=generator, compile=config.compile)
+        return result.x_adv
+
+    return perturb
+
+
+def train_tiny(dataset: Dataset, out_dir: Path | str, *, device: torch.device, epochs: int = 2,
+               seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """The small trained model that the tests and `advfeat doctor` attack: the `tiny` net trained
+    by train() into out_dir (replacing a run there) for `epochs` with a one-cycle schedule peaking
+    at lr 0.2, batch 128, the paper's SGD otherwise, seeded by `seed`. Returns (the model as
+    load_model gives it: eval mode, on `device`; its card)."""
+    from advfeat.checkpoint import load_model
+
+    config = TrainConfig(arch="tiny", epochs=epochs, lr=0.2, batch_size=128, schedule="onecycle",
+                         eval_every=epochs, seed=seed)
+    card = train(config, dataset, out_dir, device=device, force=True, progress=False, log=lambda message: None)
+    model, _ = load_model(out_dir, device)
+    return model, card

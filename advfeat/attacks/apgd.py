@@ -43,35 +43,19 @@ import torch.nn.functional as F
 
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Objective
-from advfeat.attacks.pgd import (Slots, check_targets, drain_queue, objective_and_gradient, objective_only,
+from advfeat.attacks.engine import (Slots, batched_forward, check_targets, drain_queue, objective_and_gradient, objective_only,
                                  rows)
 from advfeat.attacks.threats import ThreatModel, make_threat
 from advfeat.errors import UserError
+from advfeat.attacks.results import EnsembleResult
 from advfeat.kernels import batch_l2_norm
-from advfeat.runtime import autocast, prepare_input
+from advfeat.runtime import prepare_input
+from advfeat.settings import NORMS
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
-NORMS = ("l2", "linf")
 SUCCESS = ("misclassified", "target")
 MOMENTUM = 0.75  # weight of the new step; 1 - MOMENTUM goes to the previous one (the paper's alpha)
 RANDOM_START = {"l2": "sphere", "linf": "box"}  # a random point of the sphere / the box, as auto-attack
-
-
-@dataclass
-class APGDResult:
-    x_adv: torch.Tensor  # (N, ...) fp32: the first successful iterate if any, else the highest-loss point
-    success: torch.Tensor  # (N,) bool
-    loss: torch.Tensor  # (N,) the highest loss seen, over all restarts
-    iterations: torch.Tensor  # (N,) gradient steps taken, over all restarts
-    success_iteration: torch.Tensor  # (N,) the step of the first success within its restart (0: the start); -1
-    zero_grad: torch.Tensor  # (N,) bool: the gradient at the first random start was exactly zero
-    image_steps: int  # rows of gradient passes (forward + backward), padding rows included
-    seconds: float
-    target: torch.Tensor | None = None  # (N,) the target class of x_adv, for targeted losses
-
-    @property
-    def image_steps_per_s(self) -> float:
-        return self.image_steps / max(self.seconds, 1e-9)
 
 
 # --------------------------------------------------------------------------- losses
@@ -164,7 +148,7 @@ class Plan:
 # --------------------------------------------------------------------------- per-example results
 
 
-class Results:
+class APGDRecords:
     """Per example, over restarts. Row n is a spare that padding slots point to, so writes
     need no masking."""
 
@@ -241,7 +225,7 @@ class APGDSlots(Slots):
         self.busy[positions] = True
         self.t_host[positions] = 0
 
-    def release(self, positions: np.ndarray, results: Results) -> None:
+    def release(self, positions: np.ndarray, results: APGDRecords) -> None:
         """Write the slots' outcome back to their examples, and free the slots.
 
         A restart only runs on examples not yet broken, so a success here is the example's
@@ -319,7 +303,7 @@ def apgd(
     compile: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     refill_every: int = 1,
-) -> APGDResult:
+) -> EnsembleResult:
     """APGD on every example of x (N, ...) in [0, 1] with true labels y (N,).
 
     loss: "ce", "dlr", or "dlr-targeted" with `target` (N,) classes. success_when:
@@ -347,7 +331,7 @@ def apgd(
     threat = make_threat(norm, eps, RANDOM_START[norm] if random_start else "none")
     plan = Plan(threat, APGDLoss(loss, success_when), n_iter, window_table(n_iter, device), rho, retire,
                 refill_every)
-    results = Results(x)
+    results = APGDRecords(x)
     # The slots hold images in the model's layout (channels_last), so no step copies them.
     x0p = prepare_input(results.x.clone())
     labelsp = torch.cat([labels, labels[:1] if n else labels.new_zeros(1, 2)])
@@ -367,12 +351,12 @@ def apgd(
                              state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return APGDResult(results.x[:n], results.success[:n], results.loss[:n], results.iterations[:n],
+    return EnsembleResult(results.x[:n], results.success[:n], results.loss[:n], results.iterations[:n],
                       results.success_iteration[:n], results.zero_grad[:n], state["image_steps"],
                       time.perf_counter() - start_time, target=None if target is None else target.clone())
 
 
-def _run_restart(forward, plan: Plan, queue: np.ndarray, starts: torch.Tensor, x0p, labelsp, results: Results,
+def _run_restart(forward, plan: Plan, queue: np.ndarray, starts: torch.Tensor, x0p, labelsp, results: APGDRecords,
                  width: int, first_restart: bool, progress, state: dict) -> None:
     """One restart: run the examples of `queue` through a slot batch until all are done."""
     slots = APGDSlots(min(width, len(queue)), x0p, labelsp, len(x0p) - 1, 2.0 * plan.threat.eps)
@@ -489,7 +473,7 @@ def apgd_targeted(
     generator: torch.Generator | None = None,
     compile: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> APGDResult:
+) -> EnsembleResult:
     """APGD-T: APGD with the targeted DLR loss toward each of the top n_target_classes classes
     (by the clean logits, true class left out), each target run only on the examples that no
     earlier target broke. result.target is the class of the run that broke each example (of
@@ -497,14 +481,14 @@ def apgd_targeted(
     Success is any misclassification by default, as in AutoAttack."""
     check_apgd_args(norm, eps, n_iter, "dlr-targeted", restarts, 0.75)
     if clean_logits is None:
-        clean_logits = clean_logits_of(model, x, batch_size, compile)
+        clean_logits = batched_forward(model, x, batch_size, compile=compile)
     num_classes = clean_logits.shape[1]
     if not 1 <= n_target_classes < num_classes:
         raise UserError(f"n_target_classes must be in 1..{num_classes - 1} (the model has {num_classes} classes), "
                         f"got {n_target_classes}")
     targets = top_classes(clean_logits, y, n_target_classes)
     n, device = len(x), x.device
-    merged = APGDResult(x.clone(), torch.zeros(n, dtype=torch.bool, device=device), torch.full((n,), -math.inf,
+    merged = EnsembleResult(x.clone(), torch.zeros(n, dtype=torch.bool, device=device), torch.full((n,), -math.inf,
                         device=device), torch.zeros(n, dtype=torch.long, device=device),
                         torch.full((n,), -1, dtype=torch.long, device=device),
                         torch.zeros(n, dtype=torch.bool, device=device), 0, 0.0,
@@ -520,7 +504,7 @@ def apgd_targeted(
     return merged
 
 
-def _merge(merged: APGDResult, run: APGDResult, index: torch.Tensor, first_run: bool) -> None:
+def _merge(merged: EnsembleResult, run: EnsembleResult, index: torch.Tensor, first_run: bool) -> None:
     """Fold the run of one target class (on `index`, all unbroken) into the running result."""
     merged.x_adv[index] = run.x_adv
     merged.success[index] = run.success
@@ -532,17 +516,3 @@ def _merge(merged: APGDResult, run: APGDResult, index: torch.Tensor, first_run: 
     merged.target[index] = run.target
     merged.image_steps += run.image_steps
     merged.seconds += run.seconds
-
-
-@torch.no_grad()
-def clean_logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int | None,
-                    compile: bool | None = False) -> torch.Tensor:
-    """fp32 logits of the model at x, batch_size images at a time, as the attacks see the model."""
-    step = max(1, batch_size or len(x) or 1)
-    out = []
-    with frozen(model):
-        forward = frozen_view(model, compile, x.device)
-        for i in range(0, len(x), step):
-            with autocast(x.device):
-                out.append(forward(prepare_input(x[i:i + step])).float())
-    return torch.cat(out) if out else torch.zeros(0, getattr(model, "num_classes", 0), device=x.device)

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from advfeat.attacks.apgd import NORMS, APGDResult, apgd, apgd_targeted, clean_logits_of
+from advfeat.attacks.apgd import apgd, apgd_targeted
+from advfeat.attacks.engine import batched_forward
+from advfeat.attacks.results import EnsembleResult
 from advfeat.attacks.square import square_attack
 from advfeat.errors import UserError
+from advfeat.settings import NORMS
 
 STAGES = ("apgd-ce", "apgd-t", "square")
 CLEAN = "clean"  # the record of an example the model already misclassifies
@@ -76,7 +79,7 @@ def run_ensemble(model, x, y, clean_logits, index: torch.Tensor, *, norm: str, e
     common = dict(norm=norm, eps=eps, n_iter=n_iter, batch_size=batch_size, generator=generator, compile=compile,
                   progress=progress)
 
-    def run_stage(name: str, attack: Callable[[torch.Tensor], APGDResult]) -> None:
+    def run_stage(name: str, attack: Callable[[torch.Tensor], EnsembleResult]) -> None:
         alive = torch.tensor([b is None for b in out.broken_by], dtype=torch.bool)
         local = torch.nonzero(alive).flatten().to(x.device)
         if not len(local):
@@ -135,7 +138,7 @@ def autoattack(
     check_autoattack_args(norm, [eps], n_iter, restarts_ce, n_target_classes, getattr(model, "num_classes", None),
                           square_queries)
     start = time.perf_counter()
-    logits = clean_logits_of(model, x, batch_size, compile)
+    logits = batched_forward(model, x, batch_size, compile=compile)
     check_autoattack_args(norm, [eps], n_iter, restarts_ce, n_target_classes, logits.shape[1])
     correct = logits.argmax(1) == y
     index = torch.nonzero(correct).flatten()

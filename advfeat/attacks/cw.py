@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from advfeat.attacks.forward import frozen, frozen_view
-from advfeat.attacks.pgd import check_targets
+from advfeat.attacks.engine import check_targets
 from advfeat.errors import UserError
 from advfeat.runtime import autocast, prepare_input
 

@@ -57,16 +57,3 @@ class MatchFeatures(Objective):
 
     def __call__(self, logits, features, target):
         return -(features - target).norm(dim=1) / target.norm(dim=1).clamp(min=1e-12)
-
-
-class CustomObjective(Objective):
-    """Wrap any f(logits, features, target) -> per-example value to maximize."""
-
-    def __init__(self, fn, needs_features: bool = True, success_fn=None):
-        self.fn, self.needs_features, self.success_fn = fn, needs_features, success_fn
-
-    def __call__(self, logits, features, target):
-        return self.fn(logits, features, target)
-
-    def succeeded(self, logits, target):
-        return None if self.success_fn is None else self.success_fn(logits, target)

@@ -1,26 +1,11 @@
-"""Projected gradient descent, written once against a threat model and an objective.
+"""Projected gradient descent (Madry et al. 2018), written once against a threat model and an objective.
 
-The engine keeps a batch of "slots" busy: each slot holds one example at its own step, and
-a slot whose example has finished (all steps done, or succeeded when `retire` is on) is
-refilled from the queue. A 2,500-step attack then never pays for solved images, and the
-model always sees full batches.
-
-Per example it keeps the best iterate seen: a successful one beats an unsuccessful one, and
-between equals the higher objective wins (the robustness library's `use_best`, made
-success-aware). Restarts re-attack only the examples not yet broken.
-
-Written for accelerators and for torch.compile:
-- **Fixed shapes.** The batch keeps its width; empty slots hold a padding example whose
-  results are never read. Once the queue is empty the batch shrinks to a ladder of widths
-  (width, width/2, width/4, ...), so a draining queue compiles a bounded number of graphs.
-- **Masks, not host decisions.** Per-step bookkeeping runs on the device with masks. The
-  host knows each slot's step count by itself; only retirement (success) lives on the
-  device, and it is read back once every `refill_every` steps: at most one host-device sync
-  per step, none at all without `retire`.
-- **No wasted last backward.** When every busy slot is at its last iterate, that iterate is
-  evaluated with a forward pass only.
-The model runs through `frozen_view` (eval mode, batch norm folded, channels_last, compiled
-if asked), under bf16 autocast on CUDA; the perturbed images stay fp32.
+PGD runs in the slot engine (engine.py): fixed shapes, masks instead of host decisions, at
+most one host-device sync per step. Per example it keeps the best iterate seen: a successful
+one beats an unsuccessful one, and between equals the higher objective wins (the robustness
+library's `use_best`, made success-aware). Restarts re-attack only the examples not yet
+broken. **No wasted last backward:** when every busy slot is at its last iterate, that
+iterate is evaluated with a forward pass only.
 """
 
 from __future__ import annotations
@@ -32,12 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from advfeat.attacks.engine import (Slots, check_targets, drain_queue, objective_and_gradient, objective_only,
+                                    rows)
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Misclassify, Objective
 from advfeat.attacks.threats import ThreatModel
 from advfeat.errors import UserError
 from advfeat.kernels import batch_l2_norm
-from advfeat.runtime import autocast, prepare_input
+from advfeat.runtime import prepare_input
 
 KEEP = ("best", "last")
 
@@ -57,32 +44,6 @@ class AttackResult:
         return self.image_steps / max(self.seconds, 1e-9)
 
 
-def _model_outputs(forward, x: torch.Tensor, objective: Objective):
-    """(logits fp32, features fp32 or None) of the model at x."""
-    with autocast(x.device):
-        if objective.needs_features:
-            flags = {"fake_relu": True} if objective.fake_relu else {}
-            logits, features = forward(prepare_input(x), return_features=True, **flags)
-            return logits.float(), features.float()
-        return forward(prepare_input(x)).float(), None
-
-
-def objective_and_gradient(forward, x: torch.Tensor, target: torch.Tensor, objective: Objective):
-    """(objective [B], success [B] or None, d objective / d x) at x."""
-    x = x.detach().requires_grad_(True)
-    logits, features = _model_outputs(forward, x, objective)
-    value = objective(logits, features, target)
-    (grad,) = torch.autograd.grad(value.sum(), x)
-    return value.detach(), objective.succeeded(logits.detach(), target), grad
-
-
-@torch.no_grad()
-def objective_only(forward, x: torch.Tensor, target: torch.Tensor, objective: Objective):
-    """(objective [B], success [B] or None) at x: a forward pass, no gradient."""
-    logits, features = _model_outputs(forward, x, objective)
-    return objective(logits, features, target), objective.succeeded(logits, target)
-
-
 def check_attack_args(steps: int, step_size: float, restarts: int, keep: str) -> None:
     if steps < 1:
         raise UserError(f"attack steps must be at least 1, got {steps}")
@@ -94,22 +55,10 @@ def check_attack_args(steps: int, step_size: float, restarts: int, keep: str) ->
         raise UserError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
 
 
-def check_targets(target: torch.Tensor, num_classes: int | None) -> None:
-    if target.dtype == torch.long and num_classes is not None and len(target):
-        low, high = torch.stack(torch.aminmax(target)).tolist()  # one host read for both
-        if low < 0 or high >= num_classes:
-            raise UserError(f"targets must be classes 0..{num_classes - 1}, got values in [{low}, {high}]")
-
-
 # --------------------------------------------------------------------------- the slot batch
 
 
-def rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-slot mask shaped to broadcast over per-slot images."""
-    return mask.view(-1, *[1] * (like.dim() - 1))
-
-
-class Results:
+class PGDRecords:
     """Per example: the best iterate so far, its objective and success, steps, zero gradients.
     Row n is a spare that padding slots point to, so writes need no masking."""
 
@@ -120,26 +69,6 @@ class Results:
         self.success = torch.zeros(n + 1, dtype=torch.bool, device=device)
         self.steps = torch.zeros(n + 1, dtype=torch.long, device=device)
         self.zero_grad = torch.zeros(n + 1, dtype=torch.bool, device=device)
-
-
-class Slots:
-    """What every slot batch shares (PGD's here, APGD's in apgd.py): `width` slots whose device
-    state is the tensors named in FIELDS (one row per slot), and host state per slot: busy, and
-    steps taken (exact for every busy slot that has not retired)."""
-
-    FIELDS: tuple[str, ...] = ()
-    width: int
-    busy: np.ndarray
-    t_host: np.ndarray
-
-    def shrink(self, width: int) -> None:
-        """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
-        keep = np.flatnonzero(self.busy)
-        order = np.concatenate([keep, np.flatnonzero(~self.busy)])[:width]
-        index = torch.as_tensor(order, device=self.idx.device)
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name)[index])
-        self.busy, self.t_host, self.width = self.busy[order], self.t_host[order], width
 
 
 class SlotBatch(Slots):
@@ -165,7 +94,7 @@ class SlotBatch(Slots):
         self.t_host = np.zeros(width, dtype=np.int64)
 
     def fill(self, positions: np.ndarray, examples: torch.Tensor, start: torch.Tensor, x0p, targetp,
-             results: Results) -> None:
+             results: PGDRecords) -> None:
         """Put examples into the slots at `positions`, starting from `start`."""
         pos = torch.as_tensor(positions, device=self.idx.device)
         self.idx[pos] = examples
@@ -182,7 +111,7 @@ class SlotBatch(Slots):
         self.busy[positions] = True
         self.t_host[positions] = 0
 
-    def release(self, positions: np.ndarray, results: Results) -> None:
+    def release(self, positions: np.ndarray, results: PGDRecords) -> None:
         """Write the slots' results back to their examples and free the slots."""
         pos = torch.as_tensor(positions, device=self.idx.device)
         idx = self.idx[pos]
@@ -194,18 +123,6 @@ class SlotBatch(Slots):
         self.idx[pos] = self.pad
         self.alive[pos] = False
         self.busy[positions] = False
-
-
-def read_alive(slots: Slots) -> np.ndarray:
-    """The device's alive flags on the host: the engine's only host-device sync in a step."""
-    return slots.alive.cpu().numpy()
-
-
-def ladder_width(width: int, busy: int) -> int:
-    """The smallest of width, width/2, width/4, ... (rounded up) that holds `busy` slots."""
-    while width > 1 and -(-width // 2) >= busy:
-        width = -(-width // 2)
-    return width
 
 
 # --------------------------------------------------------------------------- the attack
@@ -244,7 +161,7 @@ def pgd(
         raise UserError(f"refill_every must be at least 1, got {refill_every}")
     n, device = len(x0), x0.device
     start_time = time.perf_counter()
-    results = Results(x0)
+    results = PGDRecords(x0)
     # The slots hold images in the model's layout (channels_last), so no step copies them.
     x0p = prepare_input(results.x)
     targetp = torch.cat([target, target[:1] if n else target.new_zeros(1, *target.shape[1:])])
@@ -263,38 +180,7 @@ def pgd(
                         results.zero_grad[:n], state["image_steps"], time.perf_counter() - start_time)
 
 
-def drain_queue(slots: Slots, queue: np.ndarray, n_steps: int, retire: bool, refill_every: int, fill: Callable,
-                step: Callable, results, progress, state: dict) -> None:
-    """Run the examples of `queue` through `slots` until every one is done: the loop that PGD and
-    APGD share. fill(free_slots, first, count) puts queue[first:first + count] into those slots;
-    step() advances every busy slot by one iteration."""
-    taken, iteration = 0, 0
-    while True:
-        # Free the slots whose examples finished: by step count (the host knows), or by
-        # retiring (read back from the device every refill_every steps: the one sync).
-        finished = slots.busy & (slots.t_host > n_steps)
-        if retire and iteration % refill_every == 0:
-            finished |= slots.busy & ~read_alive(slots)
-        if finished.any():
-            slots.release(np.flatnonzero(finished), results)
-            state["finished"] += int(finished.sum())
-            if progress is not None:
-                progress(state["finished"], state["image_steps"])
-        free = np.flatnonzero(~slots.busy)
-        if len(free) and taken < len(queue):
-            count = min(len(free), len(queue) - taken)
-            fill(free[:count], taken, count)
-            taken += count
-        busy = int(slots.busy.sum())
-        if busy == 0:
-            return
-        if taken == len(queue) and ladder_width(slots.width, busy) < slots.width:
-            slots.shrink(ladder_width(slots.width, busy))
-        step()
-        iteration += 1
-
-
-def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: Results, threat: ThreatModel,
+def _run_queue(forward, queue: np.ndarray, x0p, targetp, results: PGDRecords, threat: ThreatModel,
                objective: Objective, steps: int, step_size: float, keep: str, retire: bool, width: int,
                generator, first_restart: bool, refill_every: int, progress, state: dict) -> None:
     """One restart: attack the examples of `queue` through a slot batch until all are done."""
@@ -347,24 +233,3 @@ def _keep_better(slots: SlotBatch, better: torch.Tensor, value: torch.Tensor, su
     slots.best_x = torch.where(rows(better, slots.x), slots.x, slots.best_x)
     slots.best_objective = torch.where(better, value, slots.best_objective)
     slots.best_success = torch.where(better, success, slots.best_success)
-
-
-def training_attack(config, device: torch.device):
-    """The batch transform of adversarial training: PGD on (x, y) with the model frozen.
-
-    Random starts come from a generator seeded by (seed, epoch, batch), so a resumed run
-    crafts the same adversarial examples.
-    """
-    from advfeat.attacks.threats import make_threat
-    from advfeat.data.tensor_loader import epoch_generator
-
-    threat = make_threat(config.adv, config.eps, config.attack_start)
-
-    def perturb(model, x, y, epoch: int, batch: int) -> torch.Tensor:
-        seed = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(config.seed, epoch * 1_000_003 + batch)))
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        result = pgd(model, x, y, threat=threat, steps=config.attack_steps, step_size=config.attack_step_size,
-                     generator=generator, compile=config.compile)
-        return result.x_adv
-
-    return perturb

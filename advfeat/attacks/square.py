@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from advfeat.attacks.apgd import NORMS, APGDResult
+from advfeat.attacks.results import EnsembleResult
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.errors import UserError
+from advfeat.settings import NORMS
 from advfeat.runtime import autocast, prepare_input
 
 def _square_fraction(query: int, n_queries: int, p_init: float) -> float:
@@ -159,7 +160,7 @@ def square_attack(
     generator: torch.Generator | None = None,
     compile: bool | None = None,
     compact_every: int = 20,
-) -> APGDResult:
+) -> EnsembleResult:
     """Square attack: black-box (forward passes only), untargeted, margin loss.
 
     Each query proposes one new point per example and keeps it when the margin drops; an
@@ -210,5 +211,5 @@ def square_attack(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     success = success_q >= 0
-    return APGDResult(x_adv, success, -margin_min, queries, success_q, torch.zeros_like(success), rows_run,
+    return EnsembleResult(x_adv, success, -margin_min, queries, success_q, torch.zeros_like(success), rows_run,
                       time.perf_counter() - start)

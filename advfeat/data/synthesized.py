@@ -16,6 +16,7 @@ torch.load(weights_only=True): tensors and plain containers only, never code.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -25,13 +26,28 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from advfeat import __version__
+from advfeat.data.arrays import Dataset, Split, content_digest
 from advfeat.errors import UserError
-from advfeat.io import atomic_path, read_json
-from advfeat.data.arrays import Dataset, Split
+from advfeat.io import atomic_path, read_json, write_json
 
 CARD, RUN = "dataset.json", "run.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
 STORAGE = {"float16": np.float16, "float32": np.float32, "uint8": np.uint8}
+DATASET_FORMAT = 2  # 2: shards hold orig_labels; cards record fake_relu, targets, start and norm
+
+
+def write_dataset_card(folder: Path, *, kind: str, train: Split, shards: int, storage: str, settings: dict,
+                       source: dict, stats: dict, **extra) -> dict:
+    """Write an advfeat dataset's card (last: a folder with a card is complete); `extra` fields
+    (the model, workers, device) go between the source and the statistics."""
+    card = {"kind": kind, "format": "advfeat-dataset", "format_version": DATASET_FORMAT,
+            "advfeat_version": __version__, "shards": shards, "n": len(train), "storage": storage,
+            "settings": settings, "source": {k: source.get(k) for k in ("format", "path", "digest", "subset")},
+            **extra, "stats": stats, "digest": content_digest(train),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    write_json(Path(folder) / CARD, card)
+    return card
 
 
 def store_images(x: np.ndarray, storage: str) -> np.ndarray:
@@ -54,6 +70,22 @@ def read_shard(path: Path) -> dict[str, np.ndarray] | None:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError):
         return None
+
+
+def read_images_at(folder: Path, positions: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The per-image arrays (images, labels, position, ...) of an advfeat dataset folder at the
+    given positions, stacked in their order; only the shards holding them are read (a shard's
+    size is that of shard 0). None when a shard needed is missing or damaged."""
+    first = read_shard(folder / SHARD_PATTERN.format(0))
+    if first is None:
+        return None
+    shard_size = len(first["labels"])
+    shards = {s: read_shard(folder / SHARD_PATTERN.format(s)) for s in set(positions // shard_size)}
+    if any(arrays is None for arrays in shards.values()):
+        return None
+    # Per-image arrays only (a shard also holds its timing, one value).
+    rows = [{k: v[p % shard_size] for k, v in shards[p // shard_size].items() if len(v) > 1} for p in positions]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def resolve_test_source(card_source: dict) -> Path:

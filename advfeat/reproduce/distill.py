@@ -1,6 +1,6 @@
 """`--extra distill`: the experiments of the paper's Distill discussion (2019), as stages.
 
-Per seed s, beside the main stages (plan.py):
+Per seed s, beside the main stages (plan.py), through the same Planner (planner.py):
     leakage@s                  Goh (response 2): a linear probe on robust features (the robust
                                network's, and a robust linear model's as Goh did), trained on
                                D_rand and on D_det, tested on the real test set
@@ -14,24 +14,21 @@ Per seed s, beside the main stages (plan.py):
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import asdict, replace
 
 import numpy as np
 import torch
 
-from advfeat import __version__
 from advfeat.attacks import make_threat, pgd
 from advfeat.attacks.nontransferable import ReachTargetKeepEnsemble, StackedLogits, targets_and_labels
 from advfeat.checkpoint import load_model
 from advfeat.evaluation import features_of, predict_tensor
-from advfeat.io import write_json
-from advfeat.data import content_digest
 from advfeat.data.arrays import Split
-from advfeat.data.synthesized import CARD, store_images, write_shard
+from advfeat.data.synthesized import store_images, write_dataset_card, write_shard
 from advfeat.data.tensor_loader import to_unit_float
 from advfeat.linear_probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
 from advfeat.reproduce.pipeline import Stage, Work
+from advfeat.reproduce.planner import Planner, SeedStages
 from advfeat.reproduce.stages import DATASET, MODEL, Sources
 from advfeat.settings import SynthSettings
 
@@ -81,13 +78,8 @@ def _write_dataset(folder, arrays: dict, source: dict, settings: dict, stats: di
     """One shard and a card: a folder `load_dataset` reads like any advfeat dataset."""
     folder.mkdir(parents=True, exist_ok=True)
     write_shard(folder, 0, arrays)
-    train = Split(arrays["images"], arrays["labels"], arrays["source_index"])
-    write_json(folder / CARD, {
-        "kind": kind, "format": "advfeat-dataset", "format_version": 2, "advfeat_version": __version__,
-        "shards": 1, "n": len(train), "storage": str(arrays["images"].dtype), "settings": settings,
-        "source": {k: source.get(k) for k in ("format", "path", "digest", "subset")}, "stats": stats,
-        "digest": content_digest(train),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    write_dataset_card(folder, kind=kind, train=Split(arrays["images"], arrays["labels"], arrays["source_index"]),
+                       shards=1, storage=str(arrays["images"].dtype), settings=settings, source=source, stats=stats)
 
 
 def _nontransferable(source, ensemble, x, y, attack: SynthSettings):
@@ -148,46 +140,38 @@ def nontransferable_transfer_stage(source_stage: str, ensemble_stages: list[str]
     return run
 
 
-def plan_distill(preset, seed: int, ids: dict, datasets: dict, points: dict, add, train, sources: Sources,
-                 device, device_name: str, gpus: int, log, evaluate) -> None:
-    """Add the Distill stages of one seed. `add`, `train` and `evaluate` add stages (plan.py);
-    ids: model stage ids; datasets: synthesis stage ids; points: Figure 3's (D, D_det) stages."""
-    from advfeat.reproduce.plan import synth_stage_for, train_config
-
-    n_train, batch = preset.subset or 50000, preset.attack.batch_size
-    add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_subset": preset.test_subset},
-              (ids["robust"], datasets["rand"], datasets["det"]),
-              leakage_stage(ids["robust"], {"rand": datasets["rand"], "det": datasets["det"]}, sources, seed, batch,
-                            device, log),
-              Work("attack", preset.arch, n_train, batch)))  # forward passes over D, D_rand, D_det: ~1 step
+def plan_distill(planner: Planner, seed: int, main: SeedStages) -> None:
+    """Add the Distill stages of one seed, reading the seed's main stages (`main`)."""
+    preset, sources, device = planner.preset, planner.sources, planner.device
+    n_train, batch = planner.n_train, preset.attack.batch_size
+    models, datasets = dict(main.models), main.datasets
+    planner.add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_subset": preset.test_subset},
+                      (models["robust"], datasets["rand"], datasets["det"]),
+                      leakage_stage(models["robust"], {"rand": datasets["rand"], "det": datasets["det"]}, sources, seed,
+                                    batch, device, planner.log),
+                      Work("attack", preset.arch, n_train, batch)))  # forward passes over D, D_rand, D_det: ~1 step
     # Nakkiran's non-transferable D_det: an ensemble of independently trained models on D.
-    ensemble = [train(f"nt-ensemble-{i}", seed, train_config(preset, preset.standard,
-                                                             seed + ENSEMBLE_SEED_OFFSET + i), None)
-                for i in range(preset.distill_ensemble)]
+    ensemble = [planner.train(f"nt-ensemble-{i}", seed, preset.standard, None,
+                              model_seed=seed + ENSEMBLE_SEED_OFFSET + i) for i in range(preset.distill_ensemble)]
     attack = replace(preset.synth["det"], seed=seed, subset=preset.subset)
-    nt = add(Stage("synth-det-nt", seed, {"attack": asdict(attack), "ensemble": len(ensemble)},
-                   (ids["standard"], *ensemble),
-                   nontransferable_synth_stage(ids["standard"], ensemble, attack, sources, seed, device),
-                   Work("attack", preset.arch, n_train * (attack.steps + 2) * (1 + len(ensemble)),
-                        attack.batch_size)))
-    extra = {"det-nt": nt}
+    extra = {"det-nt": planner.add(Stage(
+        "synth-det-nt", seed, {"attack": asdict(attack), "ensemble": len(ensemble)}, (models["standard"], *ensemble),
+        nontransferable_synth_stage(models["standard"], ensemble, attack, sources, seed, device),
+        Work("attack", preset.arch, n_train * (attack.steps + 2) * (1 + len(ensemble)), attack.batch_size)))}
     # The L-inf replications and D_R from noise: the main synthesis with one setting changed.
     for name, kind, change in (("rand-linf", "rand", dict(norm="linf", eps=LINF_EPS, step_size=LINF_STEP)),
                                ("det-linf", "det", dict(norm="linf", eps=LINF_EPS, step_size=LINF_STEP)),
                                ("r-noise", "r", dict(start="noise"))):
-        settings = replace(preset.synth[kind], seed=seed, subset=preset.subset, **change)
-        source = ids["robust" if kind == "r" else "standard"]
-        extra[name] = add(synth_stage_for(f"synth-{name}", seed, settings, source, preset, sources, device_name, gpus,
-                                          log))
+        source = models["robust" if kind == "r" else "standard"]
+        extra[name] = planner.synth(f"synth-{name}", seed, replace(preset.synth[kind], **change), source)
     for name, dataset in extra.items():
-        kind = name.split("-")[0]
-        ids[name] = train(f"train-on-{name}", seed, train_config(preset, preset.train_on[kind], seed), dataset)
-        evaluate(name, ids[name], dataset)
-    on_d = points[preset.arch][0] if preset.arch in points else None
-    if on_d is not None:
-        add(Stage("fig3-nt", seed, {"attack": asdict(attack), "n": preset.transfer_images},
-                  (ids["standard"], *ensemble, on_d, f"eval-det-nt@{seed}"),
-                  nontransferable_transfer_stage(ids["standard"], ensemble, on_d, f"eval-det-nt@{seed}", attack,
-                                                 preset.transfer_images, sources, device),
-                  Work("attack", preset.arch, preset.transfer_images * attack.steps * (1 + len(ensemble)),
-                       attack.batch_size)))
+        models[name] = planner.train(f"train-on-{name}", seed, preset.train_on[name.split("-")[0]], dataset)
+        planner.evaluate(name, seed, models[name], dataset)
+    if preset.arch in main.fig3:
+        on_d, learner_eval = main.fig3[preset.arch][0], f"eval-det-nt@{seed}"
+        planner.add(Stage("fig3-nt", seed, {"attack": asdict(attack), "n": preset.transfer_images},
+                          (models["standard"], *ensemble, on_d, learner_eval),
+                          nontransferable_transfer_stage(models["standard"], ensemble, on_d, learner_eval, attack,
+                                                         preset.transfer_images, sources, device),
+                          Work("attack", preset.arch, preset.transfer_images * attack.steps * (1 + len(ensemble)),
+                               attack.batch_size)))

@@ -34,9 +34,10 @@ def is_presentation(relative: str) -> bool:
     return any(relative == p or (p.endswith("/") and relative.startswith(p)) for p in PRESENTATION)
 
 
-def code_digest() -> str:
-    """sha256 over advfeat's own source files (those that compute, not those that present)."""
-    root = Path(advfeat.__file__).resolve().parent
+def code_digest(root: Path | None = None) -> str:
+    """sha256 over advfeat's own source files (those that compute, not those that present);
+    `root` is the package folder (default: the installed advfeat)."""
+    root = Path(root) if root is not None else Path(advfeat.__file__).resolve().parent
     h = hashlib.sha256(advfeat.__version__.encode())
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root).as_posix()

@@ -8,7 +8,8 @@ shared):
     eval-{model}@s                          clean, main PGD, strong PGD, CW (and D.6 for D_det)
     fig3-d-{arch}@s, fig3-det-{arch}@s      Figure 3: each architecture on D and on D_det
     fig3@s                                  transfer vs learnability
-Once: theory (the Gaussian model of Section 4). Extras (--extra) add their own stages.
+Once: theory (the Gaussian model of Section 4). Each extra (--extra, EXTRA_PLANS) adds its
+own stages per seed, reading the seed's main stages.
 """
 
 from __future__ import annotations
@@ -16,113 +17,49 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from advfeat.presets import Preset
+from advfeat.reproduce.distill import plan_distill
 from advfeat.reproduce.pipeline import Stage, Work
-from advfeat.reproduce.stages import (Sources, evaluate_stage, synth_stage, theory_stage, train_stage,
-                                      transfer_stage)
-from advfeat.settings import KINDS, TrainConfig
+from advfeat.reproduce.planner import Planner, SeedStages, attack_work
+from advfeat.reproduce.stages import Sources, theory_stage, transfer_stage
+from advfeat.settings import KINDS
 
 MODELS = ("standard", "robust", *KINDS)  # the report's rows: trained on D (x2), then on each dataset
 FIG3_SEED_OFFSET = 1000  # Figure 3's models on D never share the source model's seed
+EXTRA_PLANS = {"distill": plan_distill}  # name -> function(planner, seed, SeedStages) adding its stages
 
 
-def _train_work(config: TrainConfig, n: int) -> Work:
-    passes = n * config.epochs * (1 + (config.attack_steps if config.adv else 0))
-    return Work("train", config.arch, passes, config.batch_size)
-
-
-def _attack_work(arch: str, images: float, steps: float, batch_size: int) -> Work:
-    return Work("attack", arch, images * steps, batch_size)
-
-
-def _eval_work(preset: Preset, arch: str, n_test: int) -> Work:
-    """An upper-bound-ish guess: half the examples survive to the last step of each eps."""
-    main = n_test * preset.attack.steps * len(preset.eps) * 0.5
-    sub = min(preset.strong_subset, n_test)
-    strong = preset.strong_attack
-    # AutoAttack: APGD-CE, then APGD-T's targets on the (fewer) survivors.
-    runs = strong.restarts + (strong.target_classes / 2 if strong.family == "autoattack" else 0)
-    strong = sub * strong.steps * runs * len(preset.eps) * 0.5
-    cw = sub * preset.cw_attack.steps * preset.cw_attack.cw_binary_steps
-    return _attack_work(arch, 1, main + strong + cw, preset.attack.batch_size)
-
-
-def train_config(preset: Preset, config: TrainConfig, seed: int) -> TrainConfig:
-    # Test accuracy once, at the end: the report evaluates every model on its own.
-    return replace(config, seed=seed, eval_every=10**6)
-
-
-def synth_stage_for(name: str, seed: int, settings, source: str, preset: Preset, sources: Sources,
-                    device_name: str, gpus: int, log) -> Stage:
-    """A synthesis stage: `settings` (seed and subset included) with the model of stage `source`."""
-    return Stage(name, seed, {"settings": asdict(settings), "gpus": gpus}, (source,),
-                 synth_stage(settings, source, sources, device_name, gpus, log),
-                 _attack_work(preset.arch, preset.subset or 50000, settings.steps + 2, settings.batch_size))
-
-
-def plan_stages(preset: Preset, sources: Sources, device, device_name: str, gpus: int, log,
+def plan_stages(preset: Preset, sources: Sources, device, worker_device: str, gpus: int, log,
                 extras: tuple[str, ...] = ()) -> list[Stage]:
-    n_train = preset.subset or 50000
-    n_test = preset.test_subset or 10000
-    stages: list[Stage] = []
-
-    def add(stage: Stage) -> str:
-        stages.append(stage)
-        return stage.id
-
-    def train(name: str, seed: int, config: TrainConfig, data_stage: str | None) -> str:
-        if data_stage is None:
-            load = lambda ctx, s=seed: sources.train_data(s)  # noqa: E731
-        else:
-            load = lambda ctx, d=data_stage: sources.dataset_with_test(ctx.folder_of(d) / "dataset")  # noqa: E731
-        settings = {"config": asdict(config), "data": "source" if data_stage is None else "stage",
-                    "subset": preset.subset if data_stage is None else None, "test_subset": preset.test_subset}
-        return add(Stage(name, seed, settings, () if data_stage is None else (data_stage,),
-                         train_stage(config, load, device, log), _train_work(config, n_train)))
-
+    planner = Planner(preset, sources, device, worker_device, gpus, log)
     for seed in range(preset.seeds):
-        def evaluate(name: str, model: str, dataset: str | None, seed=seed) -> str:
-            return add(Stage(f"eval-{name}", seed, _eval_settings(preset), (model,) + ((dataset,) if dataset else ()),
-                             evaluate_stage(model, sources, list(preset.eps), preset.attack, preset.strong_attack,
-                                            preset.cw_attack, preset.strong_subset, dataset, device),
-                             _eval_work(preset, preset.arch, n_test)))
-
-        ids = {"standard": train("train-standard", seed, train_config(preset, preset.standard, seed), None),
-               "robust": train("train-robust", seed, train_config(preset, preset.robust, seed), None)}
-        datasets = {}
-        for kind in KINDS:
-            settings = replace(preset.synth[kind], seed=seed, subset=preset.subset)
-            source = ids["robust" if kind == "r" else "standard"]
-            datasets[kind] = add(synth_stage_for(f"synth-{kind}", seed, settings, source, preset, sources,
-                                                 device_name, gpus, log))
-            ids[kind] = train(f"train-on-{kind}", seed, train_config(preset, preset.train_on[kind], seed),
-                              datasets[kind])
-        for name in MODELS:
-            evaluate(name, ids[name], datasets.get(name))
-        points = {}
-        for arch in preset.transfer_archs:
-            on_d = train(f"fig3-d-{arch}", seed,
-                         train_config(preset, replace(preset.transfer_train, arch=arch), seed + FIG3_SEED_OFFSET), None)
-            det_config = replace(preset.transfer_train, arch=arch, augment=preset.train_on["det"].augment)
-            on_det = train(f"fig3-det-{arch}", seed, train_config(preset, det_config, seed), datasets["det"])
-            points[arch] = (on_d, on_det)
-        attack = preset.synth["det"]
-        fig3_settings = {"n": preset.transfer_images, "attack": asdict(attack), "test_subset": preset.test_subset}
-        add(Stage("fig3", seed, fig3_settings,
-                  (ids["standard"], *[s for pair in points.values() for s in pair]),
-                  transfer_stage(ids["standard"], points, attack, preset.transfer_images, sources, device,
-                                 preset.attack.batch_size),
-                  _attack_work(preset.arch, min(preset.transfer_images, n_test), attack.steps, attack.batch_size)))
-        if "distill" in extras:
-            from advfeat.reproduce.distill import plan_distill
-
-            plan_distill(preset, seed, ids, datasets, points, add, train, sources, device, device_name, gpus, log,
-                         evaluate)
-    add(Stage("theory", None, {}, (), theory_stage(), Work("fixed", fixed_seconds=4.0)))
-    return stages
+        main = plan_seed(planner, seed)
+        for extra in extras:
+            EXTRA_PLANS[extra](planner, seed, main)
+    planner.add(Stage("theory", None, {}, (), theory_stage(), Work("fixed", fixed_seconds=4.0)))
+    return planner.stages
 
 
-def _eval_settings(preset: Preset) -> dict:
-    return {"eps": list(preset.eps), "main": asdict(preset.attack), "strong": asdict(preset.strong_attack),
-            "cw": asdict(preset.cw_attack), "strong_subset": preset.strong_subset, "test_subset": preset.test_subset,
-            "format": 4}
-
+def plan_seed(planner: Planner, seed: int) -> SeedStages:
+    """The main stages of one seed: source models, datasets, models on them, evaluations, Figure 3."""
+    preset, main = planner.preset, SeedStages()
+    main.models = {"standard": planner.train("train-standard", seed, preset.standard, None),
+                   "robust": planner.train("train-robust", seed, preset.robust, None)}
+    for kind in KINDS:
+        source = main.models["robust" if kind == "r" else "standard"]
+        main.datasets[kind] = planner.synth(f"synth-{kind}", seed, preset.synth[kind], source)
+        main.models[kind] = planner.train(f"train-on-{kind}", seed, preset.train_on[kind], main.datasets[kind])
+    for name in MODELS:
+        planner.evaluate(name, seed, main.models[name], main.datasets.get(name))
+    for arch in preset.transfer_archs:
+        on_d = planner.train(f"fig3-d-{arch}", seed, replace(preset.transfer_train, arch=arch), None,
+                             model_seed=seed + FIG3_SEED_OFFSET)
+        det_config = replace(preset.transfer_train, arch=arch, augment=preset.train_on["det"].augment)
+        main.fig3[arch] = (on_d, planner.train(f"fig3-det-{arch}", seed, det_config, main.datasets["det"]))
+    attack = preset.synth["det"]
+    settings = {"n": preset.transfer_images, "attack": asdict(attack), "test_subset": preset.test_subset}
+    planner.add(Stage("fig3", seed, settings, (main.models["standard"], *[s for pair in main.fig3.values() for s in pair]),
+                      transfer_stage(main.models["standard"], main.fig3, attack, preset.transfer_images, planner.sources,
+                                     planner.device, preset.attack.batch_size),
+                      attack_work(preset.arch, min(preset.transfer_images, planner.n_test), attack.steps,
+                                  attack.batch_size)))
+    return main

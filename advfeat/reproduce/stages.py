@@ -14,9 +14,8 @@ import torch
 
 from advfeat.attacks import ReachTarget, make_threat, pgd
 from advfeat.checkpoint import RESUME, load_model
-from advfeat.evaluation import predict_tensor, robust_accuracy, split_tensors
+from advfeat.evaluation import predict_tensor, robust_accuracy, shifted_label_accuracy, split_tensors
 from advfeat.data import Dataset, load_dataset
-from advfeat.data.synthesized import label_shift
 from advfeat.settings import AttackSpec, SynthSettings, TrainConfig
 from advfeat.synthesis import SynthJob, synthesize
 from advfeat.training import train
@@ -105,11 +104,11 @@ def evaluate_stage(model_stage: str, sources: Sources, eps: list[float], main: A
                   "strong": robust_accuracy(model, x[first], y[first], eps, strong),
                   "cw": robust_accuracy(model, x[first], y[first], eps, cw)}
         if dataset_stage is not None:
-            shift, note = label_shift(ctx.folder_of(dataset_stage) / DATASET, model.num_classes)
+            shift, note, accuracy = shifted_label_accuracy(predictions, y, ctx.folder_of(dataset_stage) / DATASET,
+                                                           model.num_classes)
             result["label_shift"], result["label_shift_note"] = shift, note
             if shift:
-                shifted = (y + shift) % model.num_classes
-                result["shifted_accuracy"] = float((predictions == shifted).float().mean())
+                result["shifted_accuracy"] = accuracy
         return result
 
     return run

@@ -8,7 +8,6 @@ into a folder that holds one (unless --force, which clears only advfeat's own fi
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from dataclasses import asdict
@@ -16,17 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from advfeat import __version__
 from advfeat.checkpoint import WEIGHTS
 from advfeat.errors import UserError
 from advfeat.io import read_json, write_json
-from advfeat.data import content_digest
 from advfeat.data.arrays import Split
-from advfeat.data.synthesized import CARD, RUN, SHARD_PATTERN, read_shard
+from advfeat.data.synthesized import CARD, DATASET_FORMAT, RUN, SHARD_PATTERN, read_shard, write_dataset_card
 from advfeat.settings import SynthSettings
 from advfeat.synthesis.draws import shard_ranges
 
-FORMAT = 2  # 2: shards hold orig_labels; cards record fake_relu, targets, start and norm
 
 
 def file_digest(path: Path) -> str:
@@ -40,7 +36,7 @@ def file_digest(path: Path) -> str:
 def run_record(settings: SynthSettings, model_dir: str, dataset_source: dict, n: int) -> dict:
     """What identifies a run: a restart with the same record resumes it."""
     return {"settings": asdict(settings), "model_weights_sha256": file_digest(Path(model_dir) / WEIGHTS),
-            "source_digest": dataset_source.get("digest"), "subset": settings.subset, "n": n, "format": FORMAT}
+            "source_digest": dataset_source.get("digest"), "subset": settings.subset, "n": n, "format": DATASET_FORMAT}
 
 
 def check_out(out: Path, record: dict, force: bool) -> bool:
@@ -99,22 +95,8 @@ def finalize(out: Path, settings: SynthSettings, dataset, model_dir: str, model_
         raise UserError(f"{out}: some shards are missing after the run; rerun the same command")
     cat = {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
     train = Split(cat["images"], cat["labels"], cat["source_index"])
-    card = {
-        "kind": settings.kind,
-        "format": "advfeat-dataset",
-        "format_version": FORMAT,
-        "advfeat_version": __version__,
-        "shards": len(shards),
-        "n": n,
-        "storage": settings.storage,
-        "settings": asdict(settings),
-        "source": {k: dataset.source.get(k) for k in ("format", "path", "digest", "subset")},
-        "model": {"path": str(Path(model_dir).resolve()), "card": model_card},
-        "workers": world,
-        "device": device,
-        "stats": shard_statistics(settings, cat, n, world, wall_seconds),
-        "digest": content_digest(train),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(out / CARD, card)
-    return card
+    return write_dataset_card(out, kind=settings.kind, train=train, shards=len(shards), storage=settings.storage,
+                              settings=asdict(settings), source=dataset.source,
+                              stats=shard_statistics(settings, cat, n, world, wall_seconds),
+                              model={"path": str(Path(model_dir).resolve()), "card": model_card}, workers=world,
+                              device=device)
