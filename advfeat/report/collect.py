@@ -1,0 +1,214 @@
+"""The report's numbers from the stages' results: per-model rows of accuracies with their 95%
+intervals, the judged claims, Figure 3's points, the Distill numbers, the datasets' statistics.
+
+No prose and no drawing: everything here is JSON-ready data that markdown.py writes as text and
+figures.py draws. A stage's results are keyed "<stage name>@<seed>" (e.g. "eval-r@1"); seedless
+stages (the theory) have no "@".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from advfeat.claims import Outcomes, distill_claims_at, judge
+from advfeat.paper import FIGURE3, paper
+from advfeat.settings import KINDS
+from advfeat.stats import mean_interval, wilson_interval
+
+# The main table: (evaluation name "eval-<key>", the setting's label), in the paper's order.
+ROWS = [
+    ("standard", "Standard training on D"),
+    ("robust", "Adversarial training on D (L2)"),
+    ("r", "Standard training on D_R"),
+    ("nr", "Standard training on D_NR"),
+    ("rand", "Standard training on D_rand"),
+    ("det", "Standard training on D_det"),
+]
+# The Distill discussion's models (--extra distill), as ROWS.
+DISTILL_ROWS = [
+    ("det-nt", "Standard training on non-transferable D_det (Nakkiran)"),
+    ("rand-linf", "Standard training on L-inf D_rand"),
+    ("det-linf", "Standard training on L-inf D_det"),
+    ("r-noise", "Standard training on D_R inverted from noise"),
+]
+
+
+@dataclass
+class Numbers:
+    """What the report shows. claims/rows/figure3/distill are lists and dicts of JSON values;
+    an accuracy is a cell {"estimate", "low", "high", "n", "method"} or None when not measured."""
+
+    claims: list[dict]
+    rows: list[dict]
+    figure3: list[dict]
+    correlation: dict | None  # transfer rate vs D_det accuracy over (architecture, seed) points
+    synthesized: dict[str, dict]
+    distill: dict | None  # None without --extra distill
+    nontransferable: list[dict] | None  # the fig3-nt results (Figure 3's x markers), with distill
+    theory: dict  # the theory stage's result (its "headline")
+
+
+def collect(results: dict) -> Numbers:
+    """The numbers from `results` (reproduce's record: "preset" as a dict, "results" the
+    stages' results by stage id)."""
+    stage_results = results["results"]
+    names = {stage_id.partition("@")[0] for stage_id in stage_results}
+    evals = {name[len("eval-"):]: by_seed(stage_results, name) for name in sorted(names) if name.startswith("eval-")}
+    extra_stages = {name: by_seed(stage_results, name) for name in ("leakage", "fig3-nt") if name in names}
+    fig3_raw = by_seed(stage_results, "fig3")
+    outcomes = Outcomes(evals, fig3_raw, extra_stages)
+    eps_list, claim_eps = results["preset"]["eps"], results["preset"]["claim_eps"]
+    distill = distill_summary(outcomes, evals, extra_stages, stage_results, eps_list, claim_eps) \
+        if "leakage" in names else None
+    correlation = outcomes.transfer_correlation()
+    return Numbers(claims=judge(outcomes, claim_eps), rows=table_rows(evals, eps_list), figure3=figure3_points(fig3_raw),
+                   correlation=correlation.to_dict() if correlation else None,
+                   synthesized=synth_summary(stage_results), distill=distill,
+                   nontransferable=list(extra_stages.get("fig3-nt", {}).values()) if distill else None,
+                   theory=stage_results.get("theory", {"headline": ""}))
+
+
+def by_seed(results: dict, name: str) -> dict[int, dict]:
+    """The results of stage `name` for every seed: {seed: result}."""
+    out = {}
+    for stage_id, result in results.items():
+        base, _, seed = stage_id.partition("@")
+        if base == name and seed:
+            out[int(seed)] = result
+    return out
+
+
+def _row_at(evaluation: dict, eps: float) -> dict | None:
+    return next((r for r in evaluation.get("robust", []) if abs(r["eps"] - eps) < 1e-9), None)
+
+
+def worst_case(ev: dict, eps: float) -> float | None:
+    """Robust accuracy on the strong-attack subset when an image counts as broken if any attack
+    (main PGD, strong check, CW) broke it; None when one of them did not run at eps."""
+    rows = [_row_at(ev[k], eps) for k in ("main", "strong", "cw")]
+    n = ev["strong"]["n"]
+    if any(r is None for r in rows) or n == 0:
+        return None
+    survivors = set(range(n))
+    for r in rows:
+        survivors &= set(r["robust_index"])
+    return len(survivors) / n
+
+
+def summarize(values: list[float | None], n_images: int | None = None) -> dict | None:
+    """Mean with its 95% interval: Student's t over seeds, or (one seed) Wilson over the
+    n_images test images; missing values (None, NaN) are dropped, None when none is left."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None
+    if len(values) >= 2:
+        return mean_interval(values).to_dict()
+    if n_images:
+        return wilson_interval(round(values[0] * n_images), n_images).to_dict()
+    return {"estimate": values[0], "low": None, "high": None, "n": 1, "method": "one value"}
+
+
+def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float], keys=ROWS) -> list[dict]:
+    """One row per (key, label) of `keys`, from evals[key] = {seed: evaluation}: clean and robust
+    accuracy at each eps (main PGD, all n test images), the strong check at 0.25 on the first
+    n_sub images (main PGD there, strong attack, CW, worst case), D.6's shifted accuracy, notes
+    and warnings, and the paper's values as references (None where it has none)."""
+    return [_table_row(key, label, evals[key], eps_list) for key, label in keys]
+
+
+def _table_row(key: str, label: str, seeds: dict[int, dict], eps_list: list[float]) -> dict:
+    first = next(iter(seeds.values()))
+    n, n_sub = first["n"], first["strong"]["n"]
+    row = {"key": key, "setting": label, "clean": summarize([e["clean_accuracy"] for e in seeds.values()], n)}
+    for eps in eps_list:
+        row[f"robust@{eps}"] = summarize([_row_at(e["main"], eps)["accuracy"] for e in seeds.values()], n)
+    sub = [set(range(n_sub)) & set(_row_at(e["main"], 0.25)["robust_index"]) for e in seeds.values()]
+    row["subset@0.25"] = summarize([len(s) / n_sub for s in sub], n_sub)
+    row["strong@0.25"] = summarize([_row_at(e["strong"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
+    row["cw@0.25"] = summarize([_row_at(e["cw"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
+    row["worst@0.25"] = summarize([worst_case(e, 0.25) for e in seeds.values()], n_sub)
+    row["shifted"] = summarize([e.get("shifted_accuracy") for e in seeds.values()], n)
+    row["notes"] = sorted({e["label_shift_note"] for e in seeds.values() if e.get("label_shift") is None
+                           and "label_shift_note" in e})
+    row["warnings"] = sorted({w for e in seeds.values() for w in e["main"]["warnings"] + e["strong"]["warnings"]})
+    for metric in ("clean", "robust@0.25"):
+        ref = paper(key, metric)
+        row[f"paper_{metric}"] = ref.to_dict() if ref else None
+    return row
+
+
+def figure3_points(fig3: dict[int, dict]) -> list[dict]:
+    """Per architecture: transfer rate and accuracy trained on D_det (and on D), over seeds,
+    each seed's point, and the paper's (D_det accuracy, transfer) when it has the architecture."""
+    archs = {}
+    for result in fig3.values():
+        for p in result["points"]:
+            archs.setdefault(p["arch"], []).append(p)
+    out = []
+    for arch, points in archs.items():
+        out.append({"arch": arch,
+                    "transfer": summarize([p["transfer_rate"] for p in points]),
+                    "det_accuracy": summarize([p["det_accuracy"] for p in points]),
+                    "d_accuracy": summarize([p["d_accuracy"] for p in points]),
+                    "seeds": [{"transfer": p["transfer_rate"], "det_accuracy": p["det_accuracy"]} for p in points],
+                    "paper": FIGURE3.get(arch)})
+    return out
+
+
+def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_results: dict, eps_list,
+                    claim_eps: float) -> dict:
+    """The Distill discussion's numbers: judged claims, the models' rows, Goh's probes and
+    robust linear model, Nakkiran's non-transferable dataset."""
+    leakage = extra_stages.get("leakage", {})
+    nt_synth = [r["stats"] for r in by_seed(stage_results, "synth-det-nt").values()]
+    linear = [r["linear_model"] for r in leakage.values() if "linear_model" in r]
+    return {
+        "claims": judge(outcomes, claims=distill_claims_at(claim_eps)),
+        "rows": table_rows(evals, eps_list, DISTILL_ROWS),
+        "probe": {name: summarize([r[name] for r in leakage.values() if name in r])
+                  for name in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det")},
+        "linear_model": {name: summarize([m[name] for m in linear])
+                         for name in ("clean_accuracy", "certified_stable_at_0.25")}
+        | {"train_eps": sorted({m["train_eps"] for m in linear})},
+        "probe_notes": sorted({n for r in leakage.values() for n in r.get("notes", [])}),
+        "nontransferable": {
+            "target_success": summarize([s["target_success"] for s in nt_synth]),
+            "ensemble_keeps_label": summarize([s["ensemble_keeps_label"] for s in nt_synth]),
+            "transfer": summarize([r["transfer_rate"] for r in extra_stages.get("fig3-nt", {}).values()])},
+    }
+
+
+def synth_summary(results: dict) -> dict[str, dict]:
+    """Per kind with a synth stage, the mean over seeds of its dataset's statistics: the
+    synthesis rate, and targeted success and perturbation norm (D_rand, D_det) or the relative
+    feature distance before, after and as stored (D_R, D_NR)."""
+    out = {}
+    for kind in KINDS:
+        stats = [r["stats"] for r in by_seed(results, f"synth-{kind}").values()]
+        if not stats:
+            continue
+        mean = lambda f: float(np.mean([f(s) for s in stats]))  # noqa: E731
+        entry = {"image_steps_per_s": mean(lambda s: s["image_steps_per_s"])}
+        if "target_success" in stats[0]:
+            entry |= {"target_success": mean(lambda s: s["target_success"]),
+                      "stored_success": mean(lambda s: s["stored_success"]),
+                      "perturbation_norm": mean(lambda s: s["perturbation_norm"]["mean"])}
+        else:
+            entry |= {k: mean(lambda s, k=k: s[k]["mean"]) for k in ("initial_distance", "final_distance",
+                                                                     "stored_distance")}
+        out[kind] = entry
+    return out
+
+
+def slim_stage(record: dict) -> dict:
+    """A stage's record for report.json: what it was, whether reused, how long, how fast."""
+    result = record.get("result", {})
+    slim = {k: record[k] for k in ("id", "name", "seed", "key", "seconds", "cached") if k in record}
+    if result.get("images_per_s"):
+        slim["training_images_per_s"] = result["images_per_s"]
+    elif "image_steps_per_s" in result.get("stats", {}):
+        slim["image_steps_per_s"] = result["stats"]["image_steps_per_s"]
+    return slim

@@ -1,0 +1,168 @@
+"""The report's figures: Figure 2a's inversions, D_rand/D_det samples, Figure 2b's bars,
+Figure 3's transfer plot, and the theory stage's figures copied beside them.
+
+Every figure is drawn through advfeat.plotting.pyplot (the one backend choice) and written
+atomically. Accuracies arrive as collect.py's cells (fractions); the axes show percent.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from advfeat.data import CIFAR10_CLASSES
+from advfeat.io import atomic_path, save_figure
+from advfeat.plotting import pyplot
+from advfeat.report.collect import Numbers
+
+# The theory stage's figures that the report shows (it draws more), in the report's order.
+THEORY_FIGURES = ("gaussian_contours.png", "gaussian_alignment.png")
+
+
+def draw_figures(figures_dir: Path, numbers: Numbers, samples: dict, claim_eps: float,
+                 theory_dir: str | None) -> dict[str, Path]:
+    """Every figure into figures_dir: {name: path}, the theory figures included when
+    theory_dir holds them."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"inversion": figures_dir / "inversion.png", "targeted": figures_dir / "targeted.png",
+             "bars": figures_dir / "figure2b.png", "transfer": figures_dir / "figure3.png"}
+    draw_inversion_grid(samples, paths["inversion"])
+    draw_targeted_grid(samples, paths["targeted"])
+    draw_bars(numbers.rows, paths["bars"], claim_eps)
+    draw_transfer(numbers.figure3, numbers.correlation, paths["transfer"], numbers.nontransferable)
+    return paths | copy_theory_figures(theory_dir, figures_dir)
+
+
+def copy_theory_figures(theory_dir: str | None, figures_dir: Path) -> dict[str, Path]:
+    """The theory figures copied beside the others, so that report.md and figures/ make a
+    self-contained folder without the (large) stages/. Those missing are left out."""
+    paths = {}
+    for name in THEORY_FIGURES:
+        source = Path(theory_dir or "") / name
+        if theory_dir and source.is_file():
+            paths[name] = figures_dir / name
+            with atomic_path(paths[name]) as tmp:
+                shutil.copyfile(source, tmp)
+    return paths
+
+
+def _show(ax, image: np.ndarray, title: str | None = None) -> None:
+    """One (3, H, W) image in [0, 1] on an axis without ticks."""
+    ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def draw_inversion_grid(samples: dict, path: Path) -> None:
+    """Figure 2a / the journal-club picture: x, the start x0, its inversion by the standard
+    model (D_NR) and by the robust model (D_R); up to 6 rows."""
+    plt = pyplot()
+    n = min(len(samples["r"]["original"]), len(samples["nr"]["original"]), 6)
+    fig, axes = plt.subplots(n, 4, figsize=(4 * 1.2, n * 1.25), squeeze=False)
+    for i in range(n):
+        label = CIFAR10_CLASSES[int(samples["r"]["labels"][i])]
+        _show(axes[i, 0], samples["r"]["original"][i], f"x ({label})" if i == 0 else label)
+        _show(axes[i, 1], samples["nr"]["start"][i], "start x0 (D_NR)" if i == 0 else None)
+        _show(axes[i, 2], samples["nr"]["synthesized"][i], "D_NR: standard" if i == 0 else None)
+        _show(axes[i, 3], samples["r"]["synthesized"][i], "D_R: robust" if i == 0 else None)
+    _save(plt, fig, path)
+
+
+def draw_targeted_grid(samples: dict, path: Path) -> None:
+    """D_rand and D_det samples: the original and its relabelled adversarial version."""
+    plt = pyplot()
+    n = min(len(samples["det"]["original"]), 6)
+    fig, axes = plt.subplots(2, 2 * n, figsize=(2 * n * 1.0, 2 * 1.3), squeeze=False)
+    for row, kind in enumerate(("rand", "det")):
+        for i in range(n):
+            s = samples[kind]
+            _show(axes[row, 2 * i], s["original"][i], "x" if i == 0 else None)
+            _show(axes[row, 2 * i + 1], s["synthesized"][i], f"-> {CIFAR10_CLASSES[int(s['labels'][i])]}")
+        axes[row, 0].set_ylabel(f"D_{kind}", fontsize=8)
+    _save(plt, fig, path)
+
+
+def _mean(cell: dict | None) -> float:
+    return float("nan") if cell is None else cell["estimate"]
+
+
+def _errors(cells: list[dict | None]) -> np.ndarray:
+    """Matplotlib's asymmetric error bars (2, n) in percent from interval cells (zero where
+    there is none)."""
+    lows = [0 if c is None or c["low"] is None else c["estimate"] - c["low"] for c in cells]
+    highs = [0 if c is None or c["high"] is None else c["high"] - c["estimate"] for c in cells]
+    return 100 * np.array([lows, highs])
+
+
+def draw_bars(rows: list[dict], path: Path, claim_eps: float = 0.25) -> None:
+    """Figure 2b: clean and robust (eps 0.25, and the claims' eps when another) accuracy of the
+    models trained on D, D_R, D_NR, with 95% intervals; the paper's ResNet-50 values as black
+    ticks (a reference)."""
+    plt = pyplot()
+    keys = ["standard", "robust", "r", "nr"]
+    chosen = [r for r in rows if r["key"] in keys]
+    at = np.arange(len(chosen))
+    metrics = [("clean", "clean (ours)"), ("robust@0.25", "robust eps=0.25 (ours)")]
+    if claim_eps != 0.25:
+        metrics.append((f"robust@{claim_eps:g}", f"robust eps={claim_eps:g} (ours)"))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for j, (metric, label) in enumerate(metrics):
+        dx = (j - (len(metrics) - 1) / 2) * width
+        cells = [r.get(metric) for r in chosen]
+        ax.bar(at + dx, [100 * _mean(c) for c in cells], width, yerr=_errors(cells), capsize=3, label=label)
+        for i, r in enumerate(chosen):
+            ref = r.get(f"paper_{metric}")
+            if ref is not None:
+                ax.plot([i + dx - width * 0.45, i + dx + width * 0.45], [100 * ref["value"]] * 2, color="black",
+                        lw=1.5)
+    ax.plot([], [], color="black", lw=1.5, label="paper (ResNet-50)")
+    ax.set_xticks(at, ["D (std)", "D (adv)", "D_R", "D_NR"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def draw_transfer(points: list[dict], correlation: dict | None, path: Path,
+                  nontransferable: list | None = None) -> None:
+    """Figure 3 with the paper's axes: x = test accuracy trained on D_det, y = transfer success
+    rate; every (architecture, seed) point, the architectures' means, and a least-squares trend
+    line; with --extra distill, Nakkiran's non-transferable D_det too (the authors put it near
+    (0, 0))."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    if nontransferable:
+        ax.scatter([100 * p["det_accuracy"] for p in nontransferable],
+                   [100 * (p["transfer_rate"] or 0) for p in nontransferable], marker="x", color="black",
+                   label="non-transferable D_det")
+    xs, ys = [], []
+    for i, p in enumerate(points):
+        color = f"C{i}"
+        seeds = [s for s in p["seeds"] if s["transfer"] is not None]
+        ax.scatter([100 * s["det_accuracy"] for s in seeds], [100 * s["transfer"] for s in seeds], color=color,
+                   alpha=0.35, s=14)
+        xs += [100 * s["det_accuracy"] for s in seeds]
+        ys += [100 * s["transfer"] for s in seeds]
+        if p["transfer"] is not None:
+            x, y = 100 * _mean(p["det_accuracy"]), 100 * _mean(p["transfer"])
+            ax.scatter([x], [y], color=color, s=40, label=p["arch"])
+    if len(xs) >= 2 and np.ptp(xs) > 0:
+        slope, intercept = np.polyfit(xs, ys, 1)
+        grid = np.linspace(min(xs), max(xs), 10)
+        label = "trend" + (f" (r = {correlation['estimate']:.2f})" if correlation else "")
+        ax.plot(grid, slope * grid + intercept, ":", color="gray", label=label)
+    ax.set_xlabel("Test accuracy (%; trained on D_{y+1})")
+    ax.set_ylabel("Transfer success rate (%)")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)

@@ -1,0 +1,298 @@
+"""report.md: one function per section, each returning its lines (no blank line at either
+end); `render` joins the sections with one blank line. A new section is a new function and one
+entry in `render`'s list; a new column is a header cell and a row cell in its section.
+
+Accuracies are collect.py's cells (fractions with a 95% interval), printed in percent; the
+paper's numbers are references printed beside ours, never subtracted from them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from advfeat.paper import D6_REPLICATION, FIGURE3_SOURCE, PAPER_SETTING
+from advfeat.report.collect import Numbers, slim_stage
+from advfeat.report.figures import THEORY_FIGURES
+from advfeat.stats import LEVEL
+
+MISSING = "–"  # a number not measured, or a reference the source does not give
+
+
+def render(results: dict, numbers: Numbers, figures: dict[str, str]) -> str:
+    """The whole report.md. results: reproduce's record (preset, device, data, stages,
+    total_seconds); figures: {name: path relative to report.md}."""
+    preset, rows = results["preset"], numbers.rows
+    sections = [header(results),
+                claims_section(numbers.claims, preset["seeds"], n_test_images(preset)),
+                accuracy_table(rows, preset),
+                strong_check(rows, preset["strong_attack"], preset["strong_subset"]),
+                d6_section(rows),
+                synthesized_section(numbers.synthesized),
+                samples_section(figures),
+                figure2b_section(figures),
+                figure3_section(numbers, preset["transfer_images"], figures)]
+    if numbers.distill:
+        sections.append(distill_section(numbers.distill))
+    sections += [theory_section(numbers.theory, figures), timings_section(results), preset_section(preset)]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def n_test_images(preset: dict) -> int:
+    """How many test images every model is judged on (a test_subset of None: all 10,000)."""
+    return preset["test_subset"] or 10000
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def cell(c: dict | None) -> str:
+    """'38.0 [35.1, 40.9]': an accuracy's mean (%) with its 95% interval, clipped to [0, 100]
+    (a t interval is symmetric and can cross the bounds an accuracy cannot); the mean alone
+    when there is no interval; MISSING for None."""
+    if c is None:
+        return MISSING
+    if c.get("low") is None:
+        return f"{100 * c['estimate']:.1f}"
+    low, high = max(c["low"], 0.0), min(c["high"], 1.0)
+    return f"{100 * c['estimate']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def reference_cell(ref: dict | None) -> str:
+    """A paper value {"value": fraction, ...} in percent; MISSING where the paper gives none."""
+    return MISSING if ref is None else f"{100 * ref['value']:.1f}"
+
+
+def effect_text(interval: dict | None, percent: bool = True) -> str:
+    """An effect with its interval: a difference in points of accuracy, or a correlation."""
+    if interval is None:
+        return MISSING
+    if not percent:
+        return f"r = {interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}]"
+    return f"{100 * interval['estimate']:+.1f} pts [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
+
+
+def attack_name(spec: dict) -> str:
+    """The strong check's attack in words, from its AttackSpec as a dict."""
+    if spec["name"].startswith("autoattack"):
+        return (f"AutoAttack (APGD-CE, then APGD-T over {spec['target_classes']} target classes, "
+                f"{spec['steps']} iterations each)")
+    return f"a stronger PGD ({spec['steps']} steps x {spec['restarts']} restarts)"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def header(results: dict) -> list[str]:
+    """Title, the preset's description, device and data, and the preset's deviations."""
+    preset = results["preset"]
+    data = results["data"]
+    return [f"# advfeat reproduction: preset `{preset['name']}`", "",
+            f"{preset['description'][:1].upper()}{preset['description'][1:]}", "",
+            f"Device: {results['device']} (synthesis workers: {results['gpus']}). Data: `{data['path']}` "
+            f"(digest {str(data['digest'])[:12]}), {preset['subset'] or 'all 50,000'} training images "
+            f"drawn per seed, {n_test_images(preset)} test images shared by every seed. Model: {preset['arch']}. "
+            f"Seeds: {preset['seeds']}. {time_text(results)}", "",
+            "Where this preset departs from the paper:", "",
+            *[f"- {d}" for d in preset["deviations"]]]
+
+
+def time_text(results: dict) -> str:
+    """This run's wall clock, and what the stages it reused cost the runs that made them (a
+    report over a folder that an earlier run filled would otherwise look cheaper than it was)."""
+    stages = results["stages"]
+    text = f"Wall-clock time of this run: {results['total_seconds']:.0f} s."
+    reused = [s["seconds"] for s in stages if s.get("cached")]
+    if reused:
+        text += (f" {len(reused)} of its {len(stages)} stages were reused from earlier runs, which spent "
+                 f"{sum(reused):.0f} s on them; all stages together: {sum(s['seconds'] for s in stages):.0f} s.")
+    return text
+
+
+def claims_section(claims: list[dict], seeds: int, n_test: int) -> list[str]:
+    """The judged claims: how the intervals were made, the rule, and the claims table."""
+    how = (f"mean over {seeds} seeds with Student's t interval" if seeds >= 2 else
+           f"one seed: Wilson interval over the {n_test} test images for an accuracy, the paired normal interval "
+           f"of per-image differences for a difference of two models")
+    return ["## The paper's claims, judged", "",
+            f"Each claim is one or more effects with a {round(LEVEL * 100)}% interval ({how}; Fisher's z interval for "
+            "a correlation). **Rule:** a part *holds* when its whole interval lies on the claimed side of its margin, "
+            "*does not hold* when the whole interval lies on the other side, and is *inconclusive* otherwise; a claim "
+            "holds when all its parts hold and fails when any part fails. The margins were fixed before any run "
+            "(advfeat/claims.py): 'far above' is 10 points, 'well' or 'clearly above' 5 points.", "",
+            *claims_table(claims, "the paper (reference, its setting)")]
+
+
+def claims_table(claims: list[dict], reference: str) -> list[str]:
+    """One line per part of each judged claim: the statement, reference and verdict on its first."""
+    lines = [f"| claim | {reference} | effect: ours [95% interval] | rule | verdict |", "|---|---|---|---|---|"]
+    for c in claims:
+        for i, part in enumerate(c["parts"]):
+            statement, paper_text = (c["statement"], c["paper"]) if i == 0 else ("", "")
+            verdict = f"**{c['verdict']}**" if i == 0 else ""
+            if len(c["parts"]) > 1:
+                verdict += f" (this part: {part['verdict']})"
+            effect = effect_text(part["interval"], percent=not part["rule"].startswith("correlation"))
+            lines.append(f"| {statement} | {paper_text} | {effect} | {part['rule']} | {verdict} |")
+    return lines
+
+
+def accuracy_table(rows: list[dict], preset: dict) -> list[str]:
+    """Clean and robust accuracy (main PGD, each eps) per model, the paper's beside."""
+    eps_list = preset["eps"]
+    lines = ["## Accuracy on the real CIFAR-10 test set (%)", "",
+             f"Ours: mean [95% interval] over {preset['seeds']} seed(s). Robust accuracy is under L2 PGD "
+             f"({preset['attack']['steps']} steps). The paper's column is a reference: {PAPER_SETTING}; sources in "
+             "report.json.", "",
+             "| setting | clean | " + " | ".join(f"robust eps={e}" for e in eps_list) + " | paper: clean | "
+             "paper: robust eps=0.25 |", "|" + "---|" * (3 + len(eps_list) + 1)]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | " + " | ".join(cell(r[f'robust@{e}']) for e in eps_list)
+                     + f" | {reference_cell(r['paper_clean'])} | {reference_cell(r['paper_robust@0.25'])} |")
+    return lines
+
+
+def strong_check(rows: list[dict], strong_attack: dict, subset: int) -> list[str]:
+    """The main attack checked at eps 0.25 against the strong attack, CW and their worst case,
+    and the evaluations' warnings."""
+    strong = attack_name(strong_attack)
+    lines = [f"Checking the main attack at eps 0.25 on the first {subset} (shuffled) test "
+             f"images: the main PGD on them, {strong}, Carlini-Wagner L2, and the per-image worst case (an image "
+             "is robust only if all three failed on it). A worst case far below the main PGD would mean the main "
+             "attack is too weak.", "",
+             f"| setting | main PGD | {strong.split(' (')[0]} | CW-L2 | worst case |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {cell(r['subset@0.25'])} | {cell(r['strong@0.25'])} | {cell(r['cw@0.25'])} "
+                     f"| {cell(r['worst@0.25'])} |")
+    warnings = [f"- {r['setting']}: {w}" for r in rows for w in r["warnings"]]
+    if warnings:
+        lines += ["", "Evaluation warnings:", *warnings]
+    return lines
+
+
+def d6_section(rows: list[dict]) -> list[str]:
+    """Appendix D.6: the D_det model's accuracy on the true labels and on y+1, with the
+    replication's numbers as references; why it was skipped, when it was."""
+    det = next(r for r in rows if r["key"] == "det")
+    return ["## Appendix D.6: what the model trained on D_det learned", "",
+            "D_det's images of class y carry non-robust features of y+1 and are labelled y+1, while their robust "
+            "features still say y. On the real test set, accuracy on the true labels y measures the non-robust "
+            "features learned; accuracy on the labels y+1 (the test set relabelled like D_det) measures the robust "
+            "features learned with D_det's shifted labels.", "",
+            "| test labels | ours | reference |", "|---|---|---|",
+            *[f"| {name} | {cell(det[key])} | {100 * D6_REPLICATION[ref].value:.1f} ({D6_REPLICATION[ref].source}) |"
+              for name, key, ref in (("true y", "clean", "true"), ("y+1", "shifted", "shifted"))],
+            *[f"- {note}: D.6 skipped" for note in det["notes"]]]
+
+
+def synthesized_section(synth: dict[str, dict]) -> list[str]:
+    """Each synthesized dataset's quality and synthesis rate."""
+    lines = ["## The synthesized datasets", "", "Means over seeds.", "",
+             "| dataset | quality | image-steps/s |", "|---|---|---|"]
+    for kind, st in synth.items():
+        if "target_success" in st:
+            quality = (f"target success {100 * st['target_success']:.1f}% (stored {100 * st['stored_success']:.1f}%), "
+                       f"mean perturbation {st['perturbation_norm']:.3f}")
+        else:
+            quality = (f"relative feature distance {st['initial_distance']:.3f} -> {st['final_distance']:.3f} "
+                       f"(stored {st['stored_distance']:.3f})")
+        lines.append(f"| D_{kind} | {quality} | {st['image_steps_per_s']:.0f} |")
+    return lines
+
+
+def samples_section(figures: dict[str, str]) -> list[str]:
+    """The inversion grid (Figure 2a) and the D_rand/D_det samples."""
+    return [f"![inversions]({figures['inversion']})", "",
+            "Seed 0. Columns: x, the start image x0, x0 optimized to match x's representation under the standard "
+            "model (D_NR) and under the robust model (D_R).", "", f"![targeted]({figures['targeted']})"]
+
+
+def figure2b_section(figures: dict[str, str]) -> list[str]:
+    return ["## Figure 2b", "", f"![bars]({figures['bars']})"]
+
+
+def figure3_section(numbers: Numbers, transfer_images: int, figures: dict[str, str]) -> list[str]:
+    """Figure 3: transfer success rate and learnability per architecture, the paper's beside,
+    the correlation over (architecture, seed) points, and the plot."""
+    lines = ["## Figure 3: transferability vs learnability", "",
+             "Transfer success rate: the source model (the standard model of the same seed) crafts targeted examples "
+             f"toward y+1 on the first {transfer_images} shuffled test images with the D_det attack; among "
+             "those that fool the source, the share that a model of the architecture trained on D (another seed) also "
+             "classifies as y+1. Learnability: the test accuracy of the architecture trained on D_det.", "",
+             "| architecture | transfer success rate | test acc. trained on D_det | trained on D | paper (D_det acc., "
+             "transfer) |", "|---|---|---|---|---|"]
+    for p in numbers.figure3:
+        ref = MISSING if p["paper"] is None else f"{100 * p['paper'][0]:.1f}, {100 * p['paper'][1]:.1f}"
+        lines.append(f"| {p['arch']} | {cell(p['transfer'])} | {cell(p['det_accuracy'])} | {cell(p['d_accuracy'])} | "
+                     f"{ref} |")
+    c = numbers.correlation
+    if c:
+        lines += ["", f"Correlation over the (architecture, seed) points: r = {c['estimate']:.2f} "
+                      f"[{c['low']:.2f}, {c['high']:.2f}] ({c['method']})."]
+    return lines + ["", f"Paper values: {FIGURE3_SOURCE.source}.", "", f"![transfer]({figures['transfer']})"]
+
+
+def distill_section(distill: dict) -> list[str]:
+    """--extra distill: the Distill discussion's claims judged, Goh's probe, Nakkiran's
+    non-transferable D_det, and the extra models' accuracies."""
+    return ["## The Distill discussion (--extra distill)", "",
+            "The comments on the paper tested its claims; each experiment here states its claim, the number from the "
+            "Distill article as a reference (its setting differs: see the reference column), and ours with its "
+            "interval, judged by the same rule as the main claims.", "",
+            *claims_table(distill["claims"], "the Distill article (reference, its setting)"), "",
+            *_probe_lines(distill), "", *_nontransferable_lines(distill)]
+
+
+def _probe_lines(distill: dict) -> list[str]:
+    """Goh's robust-feature probe on two feature sets, with his robust linear model's numbers."""
+    probe, linear = distill["probe"], distill["linear_model"]
+    train_eps = " or ".join(f"{e:g}" for e in linear["train_eps"]) or MISSING
+    lines = ["Goh's robust-feature probe: a linear classifier on robust features, fit on each training set, "
+             "tested on the real test set's true labels. Two sets of robust features: the penultimate layer of the "
+             "(adversarially trained) robust network, and, as Goh did, the 10 logits of a robust linear model on the "
+             f"pixels of D, trained against L2 perturbations of size {train_eps} (per seed, the smallest of 0.25, "
+             "0.5, 1, 2 that meets Goh's specification on D). Its robustness is certified in closed form: its "
+             f"prediction provably holds within L2 0.25 on {cell(linear['certified_stable_at_0.25'])}% of test "
+             f"images (Goh's specification: 80%); its own test accuracy is {cell(linear['clean_accuracy'])}%.", "",
+             "| probe trained on | on the robust network's features | on the robust linear model's features |",
+             "|---|---|---|"]
+    for name, label in (("d", "D (the real training images)"), ("rand", "D_rand"), ("det", "D_det")):
+        lines.append(f"| {label} | {cell(probe[name])} | {cell(probe['linear-' + name])} |")
+    return lines + [f"- {note}" for note in distill["probe_notes"]]
+
+
+def _nontransferable_lines(distill: dict) -> list[str]:
+    """Nakkiran's non-transferable D_det, then the Distill models' accuracy table."""
+    nt = distill["nontransferable"]
+    lines = ["Nakkiran's non-transferable D_det: targeted toward y+1 for the source model while an ensemble of "
+             f"independently trained models keeps predicting y: target success {cell(nt['target_success'])}%, the "
+             f"ensemble keeps the true label on {cell(nt['ensemble_keeps_label'])}% of them; transfer success to a "
+             f"model trained on D: {cell(nt['transfer'])}% (Figure 3's x marker).", "",
+             "| setting | clean | robust eps=0.25 | robust eps=0.5 | accuracy on y+1 (D.6) |", "|---|---|---|---|---|"]
+    for r in distill["rows"]:
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | {cell(r['robust@0.25'])} | {cell(r.get('robust@0.5'))} "
+                     f"| {cell(r['shifted'])} |")
+    return lines
+
+
+def theory_section(theory: dict, figures: dict[str, str]) -> list[str]:
+    """Section 4: the theory stage's headline and its figures (those copied)."""
+    return ["## Section 4: the Gaussian model", "", theory["headline"], "",
+            *[f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]]
+
+
+def timings_section(results: dict) -> list[str]:
+    """Each stage's seconds and throughput, reused or not, and the run's wall clock."""
+    lines = ["## Timings", "", "| stage | reused | seconds | throughput |", "|---|---|---|---|"]
+    for s in map(slim_stage, results["stages"]):
+        speed = ""
+        if "training_images_per_s" in s:
+            speed = f"{s['training_images_per_s']:.0f} training images/s"
+        elif "image_steps_per_s" in s:
+            speed = f"{s['image_steps_per_s']:.0f} image-steps/s"
+        lines.append(f"| {s['id']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {speed} |")
+    return lines + ["", f"Total wall-clock time of this run: {results['total_seconds']:.1f} s (reused stages cost "
+                        f"nothing now; their seconds are those of the run that made them)."]
+
+
+def preset_section(preset: dict) -> list[str]:
+    return ["## Preset", "", "```json", json.dumps(preset, indent=1, default=str), "```"]
