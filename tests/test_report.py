@@ -1,0 +1,174 @@
+"""The report on made-up stage results: which numbers make a row (means, intervals, the strong
+check's subset and worst case), how claims and missing references are printed, how the sample
+images are read back from a dataset's shards. Expected values are computed here by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from advfeat.data.synthesized import read_images_at, write_shard
+from advfeat.report import sample_images
+from advfeat.report.collect import Numbers, summarize, table_rows, worst_case
+from advfeat.report.markdown import accuracy_table, cell, claims_table, d6_section, figure3_section, render
+
+N, N_SUB = 10, 4  # test images; the strong check's subset (the first N_SUB of them)
+
+
+def evaluation(clean, main_robust: dict, strong_robust, cw_robust, **extra) -> dict:
+    """An eval stage's result: main PGD at each eps (robust image indices), strong and CW at 0.25."""
+    def at(eps, index, n):
+        return {"eps": eps, "accuracy": len(index) / n, "robust_index": index}
+
+    return {"n": N, "clean_accuracy": clean,
+            "main": {"robust": [at(e, i, N) for e, i in main_robust.items()], "warnings": extra.pop("warn", [])},
+            "strong": {"n": N_SUB, "robust": [at(0.25, strong_robust, N_SUB)], "warnings": []},
+            "cw": {"robust": [at(0.25, cw_robust, N_SUB)]}, **extra}
+
+
+def t_interval(values):
+    v = np.asarray(values, dtype=float)
+    half = sps.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return v.mean() - half, v.mean() + half
+
+
+@pytest.fixture
+def two_seeds():
+    return {0: evaluation(0.6, {0.25: [0, 2, 5, 7], 0.5: [0]}, [0, 2], [2, 3], warn=["zero gradient on 1 image"]),
+            1: evaluation(0.7, {0.25: [1, 2, 3, 9], 0.5: [1, 9]}, [1, 2, 3], [1, 2], label_shift=None,
+                          label_shift_note="no orig_labels")}
+
+
+def test_a_row_holds_the_seeds_means_with_their_t_intervals(two_seeds):
+    (row,) = table_rows({"det": two_seeds}, [0.25, 0.5], keys=[("det", "trained on D_det")])
+    assert row["setting"] == "trained on D_det"
+    assert row["clean"]["estimate"] == pytest.approx(0.65)
+    assert (row["clean"]["low"], row["clean"]["high"]) == pytest.approx(t_interval([0.6, 0.7]))
+    assert row["robust@0.5"]["estimate"] == pytest.approx((1 / 10 + 2 / 10) / 2)
+    # The main PGD restricted to the subset: {0, 2} of 4, then {1, 2, 3} of 4.
+    assert row["subset@0.25"]["estimate"] == pytest.approx((2 / 4 + 3 / 4) / 2)
+    # Worst case: robust only where all three attacks failed: {2}, then {1, 2}.
+    assert row["worst@0.25"]["estimate"] == pytest.approx((1 / 4 + 2 / 4) / 2)
+    assert row["shifted"] is None  # no seed measured D.6
+    assert row["notes"] == ["no orig_labels"] and row["warnings"] == ["zero gradient on 1 image"]
+
+
+def test_worst_case_counts_an_image_broken_by_any_attack_and_is_none_when_one_did_not_run(two_seeds):
+    assert worst_case(two_seeds[0], 0.25) == 1 / 4
+    assert worst_case(two_seeds[0], 0.5) is None  # the strong check ran at 0.25 only
+
+
+def test_one_seed_gets_a_wilson_interval_over_the_test_images_and_missing_values_are_dropped():
+    c = summarize([0.3, None, float("nan")], n_images=200)
+    p, z = 0.3, sps.norm.ppf(0.975)
+    center = (p + z * z / 400) / (1 + z * z / 200)
+    half = z / (1 + z * z / 200) * math.sqrt(p * (1 - p) / 200 + z * z / (4 * 200 ** 2))
+    assert (c["estimate"], c["n"]) == (0.3, 200)
+    assert (c["low"], c["high"]) == pytest.approx((center - half, center + half))
+    assert summarize([None, float("nan")]) is None
+    assert summarize([0.4]) == {"estimate": 0.4, "low": None, "high": None, "n": 1, "method": "one value"}
+
+
+def test_a_cell_is_percent_with_its_interval_clipped_to_0_100_and_a_dash_when_missing():
+    assert cell({"estimate": 0.38, "low": 0.351, "high": 0.409}) == "38.0 [35.1, 40.9]"
+    assert cell({"estimate": 0.02, "low": -0.05, "high": 1.2}) == "2.0 [0.0, 100.0]"
+    assert cell({"estimate": 0.5, "low": None, "high": None}) == "50.0"
+    assert cell(None) == "–"
+
+
+def test_a_claims_row_is_built_from_the_numbers_given():
+    claims = [{"statement": "D_R is robust", "paper": "48.3 vs 4.5", "verdict": "inconclusive", "parts": [
+                  {"rule": "robust(D_R) - standard > 5 pts", "verdict": "holds",
+                   "interval": {"estimate": 0.123, "low": 0.05, "high": 0.2}},
+                  {"rule": "clean(D_R) - chance > 10 pts", "verdict": "inconclusive", "interval": None}]},
+              {"statement": "transfer tracks learnability", "paper": "r > 0", "verdict": "holds", "parts": [
+                  {"rule": "correlation > 0", "verdict": "holds",
+                   "interval": {"estimate": 0.5, "low": 0.125, "high": 0.75}}]}]
+    header, rule, first, second, third = claims_table(claims, "the paper")
+    assert header.startswith("| claim | the paper |") and rule == "|---|---|---|---|---|"
+    assert first == ("| D_R is robust | 48.3 vs 4.5 | +12.3 pts [+5.0, +20.0] | robust(D_R) - standard > 5 pts | "
+                     "**inconclusive** (this part: holds) |")
+    assert second == "|  |  | – | clean(D_R) - chance > 10 pts |  (this part: inconclusive) |"
+    assert third == "| transfer tracks learnability | r > 0 | r = 0.50 [0.12, 0.75] | correlation > 0 | **holds** |"
+
+
+def _row(key, setting, clean, paper_clean=None):
+    one = {"estimate": clean, "low": None, "high": None}
+    return {"key": key, "setting": setting, "clean": one, "shifted": None, "notes": [], "warnings": [],
+            **{c: one for c in ("robust@0.25", "subset@0.25", "strong@0.25", "cw@0.25", "worst@0.25")},
+            "paper_clean": {"value": paper_clean} if paper_clean is not None else None,
+            "paper_robust@0.25": None}
+
+
+def test_a_missing_paper_value_is_printed_as_missing_not_as_zero():
+    preset = {"eps": [0.25], "seeds": 1, "attack": {"steps": 7}}
+    lines = accuracy_table([_row("standard", "plain", 0.9, paper_clean=0.95), _row("r", "D_R", 0.6)], preset)
+    assert "PGD (7 steps)" in lines[2]
+    assert lines[-2] == "| plain | 90.0 | 90.0 | 95.0 | – |"
+    assert lines[-1] == "| D_R | 60.0 | 60.0 | – | – |"
+    numbers = Numbers([], [], [{"arch": "mlp", "transfer": None, "det_accuracy": {"estimate": 0.1, "low": None},
+                                "d_accuracy": None, "paper": None}], None, {}, None, None, {})
+    assert "| mlp | – | 10.0 | – | – |" in figure3_section(numbers, 100, {"transfer": "f.png"})
+
+
+def test_d6_prints_the_det_rows_accuracies_and_why_it_was_skipped():
+    det = _row("det", "D_det", 0.2) | {"notes": ["labels are no shift"]}
+    lines = d6_section([_row("standard", "plain", 0.9), det])
+    assert lines[-3].startswith("| true y | 20.0 |") and lines[-2].startswith("| y+1 | – |")
+    assert lines[-1] == "- labels are no shift: D.6 skipped"
+
+
+def test_report_md_sections_are_separated_by_one_blank_line_and_no_distill_section_without_its_numbers():
+    preset = {"name": "p", "description": "a test", "subset": 300, "test_subset": None, "arch": "tiny", "seeds": 1,
+              "deviations": ["small"], "eps": [0.25], "attack": {"steps": 2}, "transfer_images": 10,
+              "strong_subset": 4, "strong_attack": {"name": "pgd-l2", "steps": 3, "restarts": 2}}
+    results = {"preset": preset, "device": "cpu", "gpus": 1, "data": {"path": "d", "digest": "abc"},
+               "total_seconds": 12.0, "stages": [{"id": "s@0", "seconds": 3.0, "cached": True}]}
+    rows = [_row("standard", "plain", 0.9), _row("det", "D_det", 0.2)]
+    numbers = Numbers([], rows, [], None, {}, None, None, {"headline": "theory numbers"})
+    figures = {"inversion": "i.png", "targeted": "t.png", "bars": "b.png", "transfer": "f.png",
+               "gaussian_contours.png": "figures/gaussian_contours.png"}
+    text = render(results, numbers, figures)
+    assert "\n\n\n" not in text and text.endswith("```\n")
+    assert "10000 test images" in text and "1 of its 1 stages were reused" in text
+    assert "a stronger PGD (3 steps x 2 restarts)" in text
+    assert "theory numbers\n\n![gaussian_contours.png](figures/gaussian_contours.png)\n\n## Timings" in text
+    assert "## The Distill discussion" not in text
+
+
+def write_dataset(folder, n=10, shard_size=4):
+    """A dataset in shards whose image i is filled with i and labelled i % 10, from train image 9 - i."""
+    for shard, start in enumerate(range(0, n, shard_size)):
+        idx = np.arange(start, min(start + shard_size, n))
+        write_shard(folder, shard, {"images": np.repeat(idx, 3 * 2 * 2).reshape(-1, 3, 2, 2).astype(np.uint8),
+                                    "labels": idx % 10, "position": 9 - idx, "seconds": np.array([1.5])})
+
+
+def test_images_are_read_back_at_their_positions_across_shards(tmp_path):
+    write_dataset(tmp_path)
+    rows = read_images_at(tmp_path, np.array([9, 0, 5]))
+    assert rows["images"][:, 0, 0, 0].tolist() == [9, 0, 5] and rows["labels"].tolist() == [9, 0, 5]
+    assert "seconds" not in rows  # one value per shard, not per image
+    (tmp_path / "shard-00001.safetensors").write_bytes(b"damaged")
+    assert read_images_at(tmp_path, np.array([5])) is None
+    assert read_images_at(tmp_path, np.array([0])) is not None  # shard 1 not needed
+
+
+def test_sample_images_pairs_each_synthesized_image_with_its_original_and_skips_unreadable_kinds(tmp_path):
+    class Train:
+        images = np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(3, 1).repeat(2, 2).repeat(2, 3) * 20
+
+        def __len__(self):
+            return 10
+
+    write_dataset(tmp_path / "det")
+    samples = sample_images({"det": tmp_path / "det", "r": tmp_path / "missing"}, Train(), n=4)
+    assert set(samples) == {"det"}
+    det = samples["det"]
+    picks = [0, 3, 6, 9]  # spread over the dataset
+    assert det["synthesized"][:, 0, 0, 0] * 255 == pytest.approx(picks)
+    assert det["original"][:, 0, 0, 0] * 255 == pytest.approx([20 * (9 - p) for p in picks])
+    assert det["labels"].tolist() == picks and "start" not in det
