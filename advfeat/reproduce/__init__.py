@@ -52,7 +52,9 @@ def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = 
     log = log or (lambda message: print(message, file=sys.stderr))
     torch_device = check_devices(preset, device, gpus)
     source = load_dataset(data)  # reads (or decodes once into the cache) the source data
-    sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device)
+    sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device,
+                      preset.tuning_test_images)
+    sources.test()  # a --test-subset larger than the images available fails now, not after training
     # Synthesis workers take the GPU of their rank; a single worker takes the one named.
     worker_device = device if gpus == 1 else torch_device.type
     unknown = set(extras) - set(EXTRAS)
@@ -77,8 +79,9 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
                "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
                "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
                "total_seconds": round(time.perf_counter() - started, 2)}
+    first = preset.first_seed  # the sample images come from the first seed's datasets
     return write_report(pipeline.out, results, samples=sample_images(
-        {kind: pipeline.folder(f"synth-{kind}@0") / DATASET for kind in KINDS}, sources.train_data(0).train))
+        {kind: pipeline.folder(f"synth-{kind}@{first}") / DATASET for kind in KINDS}, sources.train_data(first).train))
 
 
 def dry_run(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,

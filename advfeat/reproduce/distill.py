@@ -145,7 +145,7 @@ def plan_distill(planner: Planner, seed: int, main: SeedStages) -> None:
     preset, sources, device = planner.preset, planner.sources, planner.device
     n_train, batch = planner.n_train, preset.attack.batch_size
     models, datasets = dict(main.models), main.datasets
-    planner.add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_subset": preset.test_subset},
+    planner.add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_images": sources.test_images},
                       (models["robust"], datasets["rand"], datasets["det"]),
                       leakage_stage(models["robust"], {"rand": datasets["rand"], "det": datasets["det"]}, sources, seed,
                                     batch, device, planner.log),

@@ -1,7 +1,7 @@
 """The stages of a reproduction, for every seed: what runs, on what, with which settings.
 
-Per seed s (the seed changes training, synthesis and the training subset; the test set is
-shared):
+Per seed s of preset.seed_list (the seed changes training, synthesis and the training subset;
+the test set is shared, and held out from tuning where the preset names its tuning images):
     train-standard@s, train-robust@s        the two source models, on D
     synth-{r,nr,rand,det}@s                 the four datasets (D_R from the robust model)
     train-on-{kind}@s                       a standard model on each
@@ -31,7 +31,7 @@ EXTRA_PLANS = {"distill": plan_distill}  # name -> function(planner, seed, SeedS
 def plan_stages(preset: Preset, sources: Sources, device, worker_device: str, gpus: int, log,
                 extras: tuple[str, ...] = ()) -> list[Stage]:
     planner = Planner(preset, sources, device, worker_device, gpus, log)
-    for seed in range(preset.seeds):
+    for seed in preset.seed_list:
         main = plan_seed(planner, seed)
         for extra in extras:
             EXTRA_PLANS[extra](planner, seed, main)
@@ -56,7 +56,7 @@ def plan_seed(planner: Planner, seed: int) -> SeedStages:
         det_config = replace(preset.transfer_train, arch=arch, augment=preset.train_on["det"].augment)
         main.fig3[arch] = (on_d, planner.train(f"fig3-det-{arch}", seed, det_config, main.datasets["det"]))
     attack = preset.synth["det"]
-    settings = {"n": preset.transfer_images, "attack": asdict(attack), "test_subset": preset.test_subset}
+    settings = {"n": preset.transfer_images, "attack": asdict(attack), "test_images": planner.sources.test_images}
     planner.add(Stage("fig3", seed, settings, (main.models["standard"], *[s for pair in main.fig3.values() for s in pair]),
                       transfer_stage(main.models["standard"], main.fig3, attack, preset.transfer_images, planner.sources,
                                      planner.device, preset.attack.batch_size),

@@ -55,7 +55,7 @@ class Planner:
             load = lambda ctx, d=data_stage: sources.dataset_with_test(ctx.folder_of(d) / "dataset")  # noqa: E731
         settings = {"config": asdict(config), "data": "source" if data_stage is None else "stage",
                     "subset": self.preset.subset if data_stage is None else None,
-                    "test_subset": self.preset.test_subset}
+                    "test_images": self.sources.test_images}
         passes = self.n_train * config.epochs * (1 + (config.attack_steps if config.adv else 0))
         return self.add(Stage(name, seed, settings, () if data_stage is None else (data_stage,),
                               train_stage(config, load, self.device, self.log),
@@ -71,7 +71,7 @@ class Planner:
     def evaluate(self, name: str, seed: int, model: str, dataset: str | None) -> str:
         """Clean, main, strong and CW accuracy of `model` (and D.6 when trained on `dataset`)."""
         p = self.preset
-        return self.add(Stage(f"eval-{name}", seed, eval_settings(p), (model,) + ((dataset,) if dataset else ()),
+        return self.add(Stage(f"eval-{name}", seed, eval_settings(p, self.sources), (model,) + ((dataset,) if dataset else ()),
                               evaluate_stage(model, self.sources, list(p.eps), p.attack, p.strong_attack, p.cw_attack,
                                              p.strong_subset, dataset, self.device),
                               eval_work(p, p.arch, self.n_test)))
@@ -93,7 +93,7 @@ def eval_work(preset: Preset, arch: str, n_test: int) -> Work:
     return attack_work(arch, 1, main + strong + cw, preset.attack.batch_size)
 
 
-def eval_settings(preset: Preset) -> dict:
+def eval_settings(preset: Preset, sources: Sources) -> dict:
     return {"eps": list(preset.eps), "main": asdict(preset.attack), "strong": asdict(preset.strong_attack),
-            "cw": asdict(preset.cw_attack), "strong_subset": preset.strong_subset, "test_subset": preset.test_subset,
+            "cw": asdict(preset.cw_attack), "strong_subset": preset.strong_subset, "test_images": sources.test_images,
             "format": 4}

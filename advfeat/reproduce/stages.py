@@ -16,6 +16,8 @@ from advfeat.attacks import ReachTarget, make_threat, pgd
 from advfeat.checkpoint import RESUME, load_model
 from advfeat.evaluation import predict_tensor, robust_accuracy, shifted_label_accuracy, split_tensors
 from advfeat.data import Dataset, load_dataset
+from advfeat.data.arrays import Split
+from advfeat.errors import UserError
 from advfeat.settings import AttackSpec, SynthSettings, TrainConfig
 from advfeat.synthesis import SynthJob, synthesize
 from advfeat.training import train
@@ -26,17 +28,42 @@ MODEL, DATASET = "model", "dataset"  # the subfolders holding a stage's model or
 @dataclass
 class Sources:
     """The source data of a reproduction, read once per process: a training subset per seed and
-    one fixed, shuffled test set shared by every seed (so per-image results pair across models)."""
+    one fixed test set shared by every seed (so per-image results pair across models).
+
+    The test set: `test_subset` images (None: all) drawn, stratified by class with seed 0, from
+    the test split, or, when `tuning_test_images` = (n, seed) names the images that were looked
+    at while the preset was tuned, from the test images outside those (held out)."""
 
     path: str
     subset: int | None
     test_subset: int | None
     device: torch.device
+    tuning_test_images: tuple | None = None
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def test_images(self) -> dict:
+        """What identifies the test set, for stage keys and the report."""
+        held_out = self.tuning_test_images is not None
+        return {"subset": self.test_subset, "pool": "held out from tuning" if held_out else "all",
+                "tuning": list(self.tuning_test_images) if held_out else None}
+
+    def test_pool(self) -> Split:
+        """The test images a test set may be drawn from."""
+        full = load_dataset(self.path).test
+        if self.tuning_test_images is None:
+            return full
+        n, seed = self.tuning_test_images
+        tuned = full.stratified_subset(n, seed).source_index
+        return full.take(np.setdiff1d(np.arange(len(full)), tuned))
 
     def test(self):
         if "test" not in self._cache:
-            self._cache["test"] = load_dataset(self.path, test_subset=self.test_subset, seed=0).test
+            pool = self.test_pool()
+            if self.test_subset is not None and self.test_subset > len(pool):
+                raise UserError(f"--test-subset {self.test_subset} is larger than the {len(pool)} test images "
+                                f"available ({self.test_images['pool']})")
+            self._cache["test"] = pool.stratified_subset(self.test_subset, 0) if self.test_subset else pool
         return self._cache["test"]
 
     def train_data(self, seed: int) -> Dataset:
