@@ -351,7 +351,8 @@ def _export(args: argparse.Namespace) -> None:
     from advfeat.data import load_dataset
     from advfeat.data.export import export_dataset
 
-    dataset = load_dataset(args.dataset, name=args.name, test_data=args.test_data, verbose=not args.quiet,
+    dataset = load_dataset(args.dataset, name=args.name, test_data=args.test_data, subset=args.subset,
+                           test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet,
                            need_test=args.format != "authors")
     out = export_dataset(dataset, args.format, Path(args.out))
     n_test = f" + {len(dataset.test)} test" if args.format != "authors" else ""
@@ -371,6 +372,9 @@ def _add_export(sub) -> None:
                         "imagefolder: train/ and test/ PNG class folders (uint8 data only); npz: dataset.npz")
     p.add_argument("--out", required=True, help="a new folder to write")
     p.add_argument("--test-data", help="where a train-only dataset takes its real test split (imagefolder, npz)")
+    p.add_argument("--subset", type=_positive_int, help="export N training images (stratified by class, seeded)")
+    p.add_argument("--test-subset", type=_positive_int, help="export N test images (stratified, seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_export)
 
