@@ -358,3 +358,38 @@ def test_bad_folder_is_one_line_exit_2_nothing_written(tmp_path, problem, comman
     code, stdout, err = run_cli(*argv, "--quiet")
     assert code == 2 and expected in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_restricted_imagenet_of_mixed_sizes_is_resized_as_the_library_tests(tmp_path):
+    from PIL import Image
+    from torchvision import transforms
+
+    write_imagenet(tmp_path / "imagenet", {lo: 1 for lo, _ in RESTRICTED_IMAGENET_RANGES}, size=8)
+    odd = tmp_path / "imagenet" / "train" / "n00000030" / "wide.png"
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 300, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(odd)
+    d = load_dataset(tmp_path / "imagenet")
+    assert d.train.images.shape[1:] == (3, 224, 224) and "resized" in d.source
+    # The library's TEST_TRANSFORMS_IMAGENET, run by torchvision on the same file.
+    library = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    want = np.asarray(library(Image.open(odd).convert("RGB"))).transpose(2, 0, 1)
+    frogs = d.train.images[d.train.labels == RESTRICTED_IMAGENET_CLASSES.index("frog")]
+    assert any(np.array_equal(image, want) for image in frogs)
+
+
+def test_train_on_a_released_dataset_by_name(tmp_path):
+    from conftest import random_cifar, write_python_release
+
+    train, test = random_cifar(1, 1, seed=4)
+    write_python_release(tmp_path / "cifar10", train, test)
+    g = torch.Generator().manual_seed(2)
+    write_release(tmp_path / "archive", "ddet_CIFAR", torch.rand(20, 3, 32, 32, generator=g), torch.arange(20) % 10,
+                  legacy=True)
+    code, out, err = run_cli("train", "--data", str(tmp_path / "archive"), "--name", "ddet_CIFAR", "--test-data",
+                             str(tmp_path / "cifar10"), "--out", str(tmp_path / "model"), "--arch", "tiny",
+                             "--epochs", "1", "--quiet")
+    assert code == 0, err
+    from advfeat.checkpoint import load_model
+
+    _, card = load_model(tmp_path / "model")
+    assert card["data"]["path"].endswith("ddet_CIFAR") and card["data"]["test"]["format"] == "cifar-python"

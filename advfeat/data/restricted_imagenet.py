@@ -113,8 +113,9 @@ def resize_center_crop(im, resize: int = RESIZE, crop: int = CROP):
     from PIL import Image
 
     w, h = im.size
-    scale = resize / min(w, h)
-    im = im.resize((max(crop, round(w * scale)), max(crop, round(h * scale))), Image.BILINEAR)
+    # torchvision's sizes: the short side becomes `resize`, the long side int(resize * long / short).
+    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    im = im.resize(size, Image.BILINEAR)
     w, h = im.size
     left, top = round((w - crop) / 2), round((h - crop) / 2)
     return im.crop((left, top, left + crop, top + crop))
