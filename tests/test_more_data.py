@@ -393,3 +393,19 @@ def test_train_on_a_released_dataset_by_name(tmp_path):
 
     _, card = load_model(tmp_path / "model")
     assert card["data"]["path"].endswith("ddet_CIFAR") and card["data"]["test"]["format"] == "cifar-python"
+
+
+def test_classes_txt_orders_the_labels_and_its_change_is_seen(tmp_path):
+    import os
+
+    written = write_png_folders(tmp_path / "f", ["b", "a", "c"], per_class=1, size=8)
+    (tmp_path / "f" / "classes.txt").write_text("c\nb\na\n")
+    d = load_dataset(tmp_path / "f")
+    assert d.classes == ("c", "b", "a")
+    np.testing.assert_array_equal(d.train.images[d.train.labels == 0][0], written["train"][0][2])  # class "c"
+    (tmp_path / "f" / "classes.txt").write_text("a\nb\nc\n")
+    os.utime(tmp_path / "f" / "classes.txt", ns=(1, 1))
+    assert load_dataset(tmp_path / "f").classes == ("a", "b", "c"), "a changed classes.txt is not a cache hit"
+    (tmp_path / "f" / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(UserError, match="does not list the class folders"):
+        load_dataset(tmp_path / "f")

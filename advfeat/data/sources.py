@@ -408,9 +408,30 @@ class ImageFolderReader:
                         return _split_and_class(member.name) is not None
         return False
 
+    def lossy(self, path: Path) -> bool:
+        """Whether the images are JPEG (lossy: less high-frequency content than the original
+        pixels), judged by the first image file, as `detect` finds it."""
+        for split, cls, name, _ in self._walk_names(path):
+            return name.lower().endswith((".jpg", ".jpeg"))
+        return False
+
+    def _walk_names(self, path: Path) -> Iterator[tuple[str, str, str, None]]:
+        """(split, class folder, file name, None) for image files, without reading them."""
+        if self._has_folders(path):
+            for f in (path / SPLITS[0]).glob("*/*"):
+                if f.is_file() and (key := _split_and_class(f"{SPLITS[0]}/{f.parent.name}/{f.name}")):
+                    yield (*key, None)
+            return
+        for archive in self._archives(path):
+            with tarfile.open(archive) as tf:
+                for member in tf:
+                    if member.isfile() and (key := _split_and_class(member.name)):
+                        yield (*key, None)
+
     def _files(self, path: Path) -> list[Path]:
         if self._has_folders(path):
-            return [f for s in SPLITS for f in (path / s).rglob("*") if f.is_file()]
+            listing = [path / CLASS_LIST] if (path / CLASS_LIST).is_file() else []  # it orders the labels
+            return [f for s in SPLITS for f in (path / s).rglob("*") if f.is_file()] + listing
         return self._archives(path)
 
     def fingerprint(self, path: Path) -> str:
