@@ -64,12 +64,22 @@ def build_from_state(card: dict, state: dict[str, torch.Tensor], where: Path) ->
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise UserError(f"{where}: weights do not match arch {card['arch']!r} ({first})") from None
+    normalization = card.get("normalization")  # imported models may not use CIFAR-10's constants
+    if normalization:
+        model.mean.copy_(torch.tensor(normalization["mean"]).view(1, -1, 1, 1))
+        model.std.copy_(torch.tensor(normalization["std"]).view(1, -1, 1, 1))
     return model
 
 
 def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """(model in eval mode on `device`, card) from a model folder."""
+    """(model in eval mode on `device`, card) from a model folder, or from a robustness-library
+    checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py)."""
     folder = Path(folder)
+    if folder.is_file():
+        from advfeat.models.robustness_import import load_robustness
+
+        model, card = load_robustness(folder)
+        return model.to(device), card
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / WEIGHTS).is_file():

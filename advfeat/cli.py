@@ -192,7 +192,8 @@ def _appendix_d6(model, card: dict, x, y, batch_size: int, result: dict) -> None
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="clean and robust accuracy of a trained model on the test split")
     _add_data_flags(p, subset=False)
-    p.add_argument("--model", required=True, help="a model folder written by `advfeat train`")
+    p.add_argument("--model", required=True, help="a model folder (advfeat train or import), or a robustness-library "
+                                                   ".pt file (imported in memory; see advfeat import)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     add_setting(p, AttackSpec, "name", flag="--attack", default=None,
@@ -217,6 +218,9 @@ def _synth(args: argparse.Namespace) -> None:
 
     if args.gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {args.gpus}")
+    if Path(args.model).is_file():
+        raise UserError(f"synth needs a model folder; import {args.model} first: "
+                        f"advfeat import robustness {args.model} --arch NAME --out DIR")
     settings = SynthSettings.of(args.kind, **{f.name: getattr(args, f.name) for f in fields(SynthSettings)
                                               if f.name != "kind" and hasattr(args, f.name)})
     job = SynthJob(settings, args.model, args.data, args.out, device=args.device, workers=args.gpus,
@@ -344,6 +348,34 @@ def _add_theory(sub) -> None:
     p.set_defaults(func=_theory)
 
 
+# --------------------------------------------------------------------------- import
+
+
+def _import(args: argparse.Namespace) -> None:
+    from advfeat.models.robustness_import import import_robustness
+
+    card = import_robustness(args.file, args.arch, args.out, eps=args.eps, norm=args.norm, force=args.force)
+    source, norm = card["source_file"], card["normalization"]
+    print(f"imported {card['arch']} ({card['num_classes']} classes, epoch {source['epoch']}) from {args.file} "
+          f"(sha256 {source['sha256'][:16]}...); normalizer mean {norm['mean']} std {norm['std']}"
+          f"{'' if norm['matches_cifar10'] else ' (not CIFAR-10’s: the model uses it)'} -> {args.out}")
+
+
+def _add_import(sub) -> None:
+    from advfeat.models.robustness_import import IMPORTABLE
+
+    p = sub.add_parser("import", help="turn another library's checkpoint into an advfeat model folder")
+    p.add_argument("source", choices=["robustness"], help="the library that wrote FILE (robustness: MadryLab's, "
+                                                         "the paper's code)")
+    p.add_argument("file", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running code from it)")
+    p.add_argument("--arch", choices=IMPORTABLE, help="its architecture (default: the one its keys fit)")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--eps", type=float, help="the radius it was adversarially trained at, for its card (0: standard)")
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the norm of --eps (default: l2)")
+    p.add_argument("--force", action="store_true", help="replace a model already in --out")
+    p.set_defaults(func=_import)
+
+
 # --------------------------------------------------------------------------- export, inspect
 
 
@@ -451,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_theory(sub)
     _add_export(sub)
     _add_inspect(sub)
+    _add_import(sub)
     return parser
 
 

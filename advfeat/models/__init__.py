@@ -6,5 +6,8 @@ Importing this package imports every architecture module, which fills the regist
 from advfeat.models import densenet, googlenet, inceptionv3, resnet, small, vgg  # noqa: F401  (fills the registry)
 from advfeat.models.classifier import Classifier
 from advfeat.models.registry import create_model, model_names, register_model
+from advfeat.models.robustness_import import import_robustness, load_robustness
+from advfeat.models.wrap import WrappedClassifier, robustbench_model, wrap
 
-__all__ = ["Classifier", "create_model", "model_names", "register_model"]
+__all__ = ["Classifier", "WrappedClassifier", "create_model", "import_robustness", "load_robustness", "model_names",
+           "register_model", "robustbench_model", "wrap"]

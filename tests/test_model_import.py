@@ -1,0 +1,499 @@
+"""The field's models: robustness-library checkpoints (import), any nn.Module (wrap).
+
+Checkpoints are built in the library's layout from advfeat models: the library's names are
+written out below from its source (robustness/cifar_models/*.py, attacker.py), independently
+of advfeat's renames; the library's modules hold their tensors in advfeat's order (checked
+once against the library itself), so advfeat's state dict, zipped with those names, is a
+library checkpoint whose logits are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import types
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from advfeat.checkpoint import load_model
+from advfeat.cli import main
+from advfeat.errors import UserError
+from advfeat.models import create_model
+from advfeat.models.classifier import CIFAR10_MEAN, CIFAR10_STD
+from advfeat.models.safe_pickle import ForeignStub, read_torch_pickle
+
+# --------------------------------------------------------------------------- the library's names
+
+
+def _bn(prefix):
+    return [f"{prefix}.{p}" for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+
+
+def _conv_bn(prefix):  # the library's BasicConv2d (Inception) / conv + bn pairs
+    return [f"{prefix}.conv.weight"] + _bn(f"{prefix}.bn")
+
+
+def resnet_names(depths, bottleneck):
+    names = ["conv1.weight"] + _bn("bn1")
+    for stage, depth in enumerate(depths, 1):
+        for i in range(depth):
+            for k in range(1, 4 if bottleneck else 3):
+                names += [f"layer{stage}.{i}.conv{k}.weight"] + _bn(f"layer{stage}.{i}.bn{k}")
+            if i == 0 and (stage > 1 or bottleneck):
+                names += [f"layer{stage}.{i}.shortcut.0.weight"] + _bn(f"layer{stage}.{i}.shortcut.1")
+    return names + ["linear.weight", "linear.bias"]
+
+
+def vgg16_names():
+    names, n = [], 0
+    for item in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]:
+        if item == "M":
+            n += 1
+        else:
+            names += [f"features.{n}.weight", f"features.{n}.bias"] + _bn(f"features.{n + 1}")
+            n += 3
+    return names + ["classifier.weight", "classifier.bias"]
+
+
+def densenet121_names():
+    names = ["conv1.weight"]
+    for b, depth in enumerate((6, 12, 24, 16), 1):
+        for i in range(depth):
+            p = f"dense{b}.{i}"
+            names += _bn(f"{p}.bn1") + [f"{p}.conv1.weight"] + _bn(f"{p}.bn2") + [f"{p}.conv2.weight"]
+        if b < 4:
+            names += _bn(f"trans{b}.bn") + [f"trans{b}.conv.weight"]
+    return names + _bn("bn") + ["linear.weight", "linear.bias"]
+
+
+INCEPTION_BLOCK_CONVS = {
+    "A": ["branch1x1", "branch5x5.0", "branch5x5.1", "branch3x3.0", "branch3x3.1", "branch3x3.2", "branchpool.1"],
+    "B": ["branch3x3", "branch3x3stack.0", "branch3x3stack.1", "branch3x3stack.2"],
+    "C": ["branch1x1"] + [f"branch7x7.{i}" for i in range(3)] + [f"branch7x7stack.{i}" for i in range(5)]
+         + ["branch_pool.1"],
+    "D": ["branch3x3.0", "branch3x3.1"] + [f"branch7x7.{i}" for i in range(4)],
+    "E": ["branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3stack_1", "branch3x3stack_2",
+          "branch3x3stack_3a", "branch3x3stack_3b", "branch_pool.1"],
+}
+
+
+def inceptionv3_names():
+    names = []
+    for stem in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"):
+        names += _conv_bn(stem)
+    for block, kind in zip(("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"), "AAABCCCCDEE"):
+        for conv in INCEPTION_BLOCK_CONVS[kind]:
+            names += _conv_bn(f"Mixed_{block}.{conv}")
+    return names + ["linear.weight", "linear.bias"]
+
+
+LIBRARY_NAMES = {"resnet18": lambda: resnet_names((2, 2, 2, 2), False),
+                 "resnet50": lambda: resnet_names((3, 4, 6, 3), True),
+                 "vgg16": vgg16_names, "densenet121": densenet121_names, "inceptionv3": inceptionv3_names}
+
+
+# --------------------------------------------------------------------------- checkpoints in the library's layout
+
+
+def random_model(arch, seed=0):
+    """An advfeat model with random weights and batch-norm statistics (so BN is not the identity)."""
+    torch.manual_seed(seed)
+    model = create_model(arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    return model.eval()
+
+
+def library_state(model, arch, conv_bias=None):
+    """The classifier's state dict under the library's names (VGG: with conv biases `conv_bias(n)`)."""
+    values = iter(model.state_dict().values())
+    state = OrderedDict()
+    for name in LIBRARY_NAMES[arch]():
+        if arch == "vgg16" and name.endswith(".bias") and name.replace("bias", "weight") in state \
+                and state[name.replace("bias", "weight")].dim() == 4:
+            state[name] = conv_bias(state[name.replace("bias", "weight")].shape[0])
+        else:
+            state[name] = next(values)
+    assert next(values, None) is None, "the library's names and advfeat's tensors must pair up exactly"
+    return state
+
+
+def attacker_checkpoint(classifier_state, mean=CIFAR10_MEAN, std=CIFAR10_STD, **extra):
+    """The dict robustness/train.py saves: AttackerModel's state under DataParallel's module."""
+    normalizer = {"new_mean": torch.tensor(mean)[:, None, None], "new_std": torch.tensor(std)[:, None, None]}
+    model = OrderedDict()
+    for prefix, part in (("normalizer.", normalizer), ("model.", classifier_state),
+                         ("attacker.normalize.", normalizer), ("attacker.model.", classifier_state)):
+        model.update({f"module.{prefix}{k}": v for k, v in part.items()})
+    return {"model": model, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "schedule": None,
+            "epoch": 150, **extra}
+
+
+def foreign_object():
+    """An instance of a class from a throwaway module that no longer exists when the file is read
+    (as dill/cox objects are for advfeat)."""
+    module = types.ModuleType("advfeat_throwaway_args")
+    exec("class Parameters:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    return module.Parameters(arch="resnet18", eps=0.5, constraint="2")
+
+
+def save(obj, path, legacy):
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    sys.modules.pop("advfeat_throwaway_args", None)  # the reader cannot import it
+    return path
+
+
+def images(n=6, seed=1):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return random_model("resnet18")
+
+
+@pytest.fixture(scope="module")
+def resnet18_files(resnet18, tmp_path_factory):
+    """{legacy: the library's checkpoint of `resnet18`, holding a foreign object too}."""
+    folder = tmp_path_factory.mktemp("robustness")
+    return {legacy: save(attacker_checkpoint(library_state(resnet18, "resnet18"), args=foreign_object()),
+                         folder / f"cifar_l2_0_5_{'legacy' if legacy else 'zip'}.pt", legacy)
+            for legacy in (False, True)}
+
+
+# --------------------------------------------------------------------------- import: logits
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_import_resnet18_gives_identical_logits(resnet18, resnet18_files, tmp_path, legacy, capsys):
+    path = resnet18_files[legacy]
+    assert main(["import", "robustness", str(path), "--arch", "resnet18", "--out", str(tmp_path / "m"),
+                 "--eps", "0.5"]) == 0
+    assert "imported resnet18" in capsys.readouterr().out
+    model, card = load_model(tmp_path / "m")
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(model(x), resnet18(x))
+        assert torch.equal(model.features(x), resnet18.features(x))
+    assert card["source"] == "robustness" and card["arch"] == "resnet18" and card["num_classes"] == 10
+    assert card["source_file"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert card["source_file"]["epoch"] == 150
+    assert card["robust"] == {"norm": "l2", "eps": 0.5, "from": "--eps at import"}
+    assert card["normalization"]["matches_cifar10"] and card["normalization"]["from"] == "the checkpoint's normalizer"
+
+
+def test_foreign_objects_become_inert_stubs(resnet18, tmp_path):
+    path = save({"args": foreign_object(), "w": torch.arange(6.0).view(2, 3)[:, 1:]}, tmp_path / "f.pt", legacy=True)
+    loaded = read_torch_pickle(path)
+    assert isinstance(loaded["args"], ForeignStub) and loaded["args"].origin == "advfeat_throwaway_args.Parameters"
+    assert loaded["args"].state == {"arch": "resnet18", "eps": 0.5, "constraint": "2"}
+    assert torch.equal(loaded["w"], torch.tensor([[1.0, 2.0], [4.0, 5.0]]))  # a strided view survives
+
+
+def test_model_flag_takes_a_checkpoint_file_and_tells_its_arch(resnet18, resnet18_files):
+    model, card = load_model(resnet18_files[True])
+    assert card["arch"] == "resnet18" and "robust" not in card
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(model(x), resnet18(x))
+
+
+def test_a_foreign_normalizer_is_kept_and_used(resnet18, tmp_path):
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    path = save(attacker_checkpoint(library_state(resnet18, "resnet18"), mean=mean, std=std), tmp_path / "n.pt", False)
+    model, card = load_model(path)
+    assert not card["normalization"]["matches_cifar10"] and card["normalization"]["mean"] == list(mean)
+    x = images()
+    with torch.no_grad():
+        expected = resnet18.head(resnet18.neck(resnet18.activation(resnet18.trunk((x - 0.5) / 0.25))))
+        torch.testing.assert_close(model(x), expected, atol=1e-6, rtol=0)
+
+
+def test_import_vgg16_folds_the_conv_biases_into_batch_norm(tmp_path):
+    """The library's VGG convs have biases, advfeat's do not; the biases move into the BN means.
+    The library's function: BN(conv(x) + b) with running mean m + b equals advfeat's BN(conv(x))
+    with running mean m, so the source model's logits are the target."""
+    source = random_model("vgg16")
+    biases = torch.Generator().manual_seed(3)
+    state = library_state(source, "vgg16", conv_bias=lambda c: torch.randn(c, generator=biases) * 0.1)
+    for name in [n for n in state if n.endswith("running_mean")]:
+        conv = int(name.split(".")[1]) - 1
+        state[name] = state[name] + state[f"features.{conv}.bias"]
+    path = save(attacker_checkpoint(state), tmp_path / "vgg.pt", legacy=False)
+    model, card = load_model(path)
+    assert card["arch"] == "vgg16"
+    x = images(4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), atol=1e-5, rtol=1e-5)
+
+
+def test_import_densenet121_reorders_the_concatenated_channels(tmp_path, monkeypatch):
+    """The library's dense layers concatenate [new, input], advfeat's [input, new]. The source
+    model, run with the library's order, is the library's net for these weights."""
+    from advfeat.models.densenet import DenseLayer
+
+    source = random_model("densenet121")
+    path = save(attacker_checkpoint(library_state(source, "densenet121")), tmp_path / "d.pt", legacy=False)
+    model, _ = load_model(path)
+    x = images(1)
+    with torch.no_grad():
+        ours = model(x)
+        monkeypatch.setattr(DenseLayer, "forward", lambda self, h: torch.cat([self.layer(h), h], 1))
+        library = source(x)
+        monkeypatch.undo()
+        advfeat_order = source(x)
+    torch.testing.assert_close(ours, library, atol=1e-6, rtol=1e-5)
+    # Random weights leave the logits nearly constant: the channel order must still show.
+    assert (ours - advfeat_order).abs().max() > 100 * (ours - library).abs().max()
+
+
+def test_import_inceptionv3_gives_identical_logits(tmp_path):
+    source = random_model("inceptionv3")
+    path = save(attacker_checkpoint(library_state(source, "inceptionv3")), tmp_path / "i.pt", legacy=False)
+    model, _ = load_model(path)
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+
+
+# --------------------------------------------------------------------------- import: bad input
+
+
+class Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(resnet18, tmp_path, legacy, capsys):
+    marker, out = tmp_path / "pwned", tmp_path / "m"
+    path = save(attacker_checkpoint(library_state(resnet18, "resnet18"), extra=Hostile(marker)), tmp_path / "h.pt",
+                legacy)
+    code = main(["import", "robustness", str(path), "--arch", "resnet18", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists() and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "refused" in err and "system" in err
+    with pytest.raises(UserError, match="refused"):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_stub_calls_never_run_code(tmp_path):
+    """A callable the deny list does not know, importable even, is a stub: calling it records."""
+    import io
+
+    from advfeat.models.safe_pickle import RestrictedUnpickler
+
+    module = types.ModuleType("advfeat_throwaway_payload")
+    exec("import pathlib\ndef run_me(path):\n    pathlib.Path(path).touch()\n"
+         "class Payload:\n    def __init__(self, path):\n        self.path = path\n"
+         "    def __reduce__(self):\n        return run_me, (self.path,)\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    marker = tmp_path / "pwned"
+    try:
+        data = pickle.dumps(module.Payload(str(marker)))
+        loaded = RestrictedUnpickler(io.BytesIO(data)).load()
+        assert isinstance(loaded, ForeignStub) and loaded.args == (str(marker),) and not marker.exists()
+        pickle.loads(data)  # the same bytes, unrestricted, do run it: the check above could fail
+        assert marker.exists()
+    finally:
+        sys.modules.pop(module.__name__)
+
+
+def test_keys_of_another_arch_name_the_first_missing_and_unexpected(resnet18_files, tmp_path, capsys):
+    path = resnet18_files[False]
+    code = main(["import", "robustness", str(path), "--arch", "resnet50", "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "m").exists() and len(err.strip().splitlines()) == 1
+    assert "missing 'trunk.2.residual.4.0.weight'" in err and "unexpected" in err
+
+
+def test_a_renamed_key_is_named_in_the_library_s_terms(resnet18, tmp_path, capsys):
+    state = library_state(resnet18, "resnet18")
+    state["layer1.0.convX.weight"] = state.pop("layer1.0.conv1.weight")
+    path = save(attacker_checkpoint(state), tmp_path / "bad.pt", legacy=False)
+    assert main(["import", "robustness", str(path), "--arch", "resnet18", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "missing 'trunk.2.residual.0.0.weight'" in err and "unexpected 'layer1.0.convX.weight'" in err
+
+
+def test_other_bad_files_are_one_line(tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
+    for path, words in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "junk.pt", "not a readable"),
+                        (scripted, "TorchScript")):
+        assert main(["import", "robustness", str(path), "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    assert main(["import", "robustness", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "m"), "--eps", "-1"]) == 2
+    assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------- any nn.Module
+
+
+@pytest.fixture(scope="module")
+def wrapped_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    from advfeat.models import wrap
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    return wrap(net, CIFAR10_MEAN, CIFAR10_STD, input_size=(3, 32, 32), num_classes=10), net
+
+
+def test_wrap_takes_features_at_the_last_linear(wrapped_resnet18):
+    model, net = wrapped_resnet18
+    x = images(4)
+    with torch.no_grad():
+        logits, features = model(x, return_features=True)
+        h = (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        trunk = torch.nn.Sequential(*list(net.children())[:-1])  # torchvision's resnet up to its avgpool
+        assert torch.equal(logits, net(h)) and torch.equal(features, trunk(h).flatten(1))
+    assert model.feature_dim == 512 and model.num_classes == 10 and not model.fake_relu_available
+    with pytest.raises(UserError, match="fake_relu is unavailable"):
+        model(x, return_features=True, fake_relu=True)
+
+
+def test_wrap_refuses_what_it_cannot_serve():
+    from advfeat.models import wrap
+
+    with pytest.raises(UserError, match=r"not \(1, 10\) logits"):
+        wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 7)))
+    with pytest.raises(UserError, match="runs no nn.Linear"):
+        wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 10, 32), torch.nn.Flatten()))
+    with pytest.raises(UserError, match="does not run on input size"):
+        wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5, 10)))
+
+
+def test_wrapped_model_is_attacked_like_torchattacks_does(wrapped_resnet18):
+    """advfeat's PGD on the wrapped model against torchattacks' on the same function; APGD
+    must break at least as much as PGD."""
+    torchattacks = pytest.importorskip("torchattacks")
+    from advfeat.attacks import apgd, frozen_view, make_threat, pgd
+    from conftest import ContiguousGradient
+
+    model, _ = wrapped_resnet18
+    x = images(8, seed=2)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean accuracy 1 by construction
+    eps = 0.1
+    ours = pgd(model, x, y, threat=make_threat("l2", eps, "none"), steps=5, step_size=0.05, keep="last").x_adv
+    theirs = torchattacks.PGDL2(ContiguousGradient(frozen_view(model, False, x.device)), eps=eps, alpha=0.05, steps=5,
+                                random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=0)
+    assert ((ours - x).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    strong = apgd(model, x, y, norm="l2", eps=eps, n_iter=10).x_adv
+    with torch.no_grad():
+        pgd_acc = (model(ours).argmax(1) == y).float().mean()
+        apgd_acc = (model(strong).argmax(1) == y).float().mean()
+    assert pgd_acc < 1 and apgd_acc <= pgd_acc
+
+
+def test_wrapped_model_is_evaluated(wrapped_resnet18):
+    from advfeat.evaluation import AttackSpec, predict_tensor, robust_accuracy
+
+    model, _ = wrapped_resnet18
+    x = images(8, seed=3)
+    y = predict_tensor(model, x, 4)
+    result = robust_accuracy(model, x, y, [0.02, 0.2], AttackSpec(steps=5, batch_size=4, compile=False))
+    small, large = (row["accuracy"] for row in result["robust"])
+    assert result["clean_accuracy"] == 1.0 and 1.0 >= small >= large and large < 1.0
+
+
+def test_wrapped_model_synthesizes_d_r(wrapped_resnet18):
+    """16 images inverted through the wrapped model's features (fake_relu off): the feature
+    distance falls; asking for fake_relu is one clear error."""
+    from advfeat.data.arrays import Split
+    from advfeat.settings import SynthSettings
+    from advfeat.synthesis import sample_plan, synthesize_shard
+
+    model, _ = wrapped_resnet18
+    rng = np.random.default_rng(0)
+    train = Split(rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8), np.arange(16) % 10)
+    settings = SynthSettings.of("r", steps=20, step_size=0.5, batch_size=16, fake_relu=False, compile=False)
+    plan = sample_plan(settings, train.labels, model.num_classes)
+    arrays = synthesize_shard(model, train, plan, range(16), settings, torch.device("cpu"))
+    assert arrays["images"].shape == (16, 3, 32, 32)
+    assert arrays["final_distance"].mean() < 0.8 * arrays["initial_distance"].mean()
+    with pytest.raises(UserError, match="fake_relu is unavailable"):
+        synthesize_shard(model, train, plan, range(4), SynthSettings.of("r", steps=1, compile=False),
+                         torch.device("cpu"))
+
+
+def test_robustbench_without_the_package_is_one_line(monkeypatch, tmp_path):
+    from advfeat.models import robustbench_model
+
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # import robustbench raises ImportError
+    with pytest.raises(UserError, match="pip install robustbench"):
+        robustbench_model("Standard", tmp_path)
+
+
+def _load_file(name, path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def robustbench_zoo(monkeypatch):
+    """RobustBench's own WideResNet and enums (from the robustbench package's files), in a
+    stand-in zoo: the package's real zoo module needs timm and more, absent here."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the robustbench package's files are not present")
+    root = Path(spec.submodule_search_locations[0]) / "model_zoo"
+    enums = _load_file("robustbench.model_zoo.enums", root / "enums.py")
+    wide_resnet = _load_file("robustbench_wide_resnet", root / "architectures" / "wide_resnet.py")
+    zoo = types.ModuleType("robustbench.model_zoo")
+    build = lambda: wide_resnet.WideResNet(depth=10, widen_factor=1)  # noqa: E731  (Standard is 28-10)
+    zoo.model_dicts = {enums.BenchmarkDataset.cifar_10: {enums.ThreatModel.Linf: {
+        "Standard": {"model": build, "gdrive_id": "not used"},
+        "Ensemble": {"model": build, "gdrive_id": ["a", "b"]}}}}
+    package = types.ModuleType("robustbench")
+    package.__path__ = []
+    for name, module in (("robustbench", package), ("robustbench.model_zoo", zoo),
+                         ("robustbench.model_zoo.enums", enums)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return build
+
+
+def test_robustbench_model_by_name_from_a_local_weights_file(robustbench_zoo, tmp_path):
+    from advfeat.models import robustbench_model
+
+    torch.manual_seed(0)
+    net = robustbench_zoo().eval()
+    where = tmp_path / "cifar10" / "Linf"
+    where.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, where / "Standard.pt")
+    model = robustbench_model("Standard", model_dir=tmp_path)
+    x = images(3)
+    with torch.no_grad():
+        logits, features = model(x, return_features=True)
+        assert torch.equal(logits, net(x)) and torch.equal(net.fc(features), logits)
+    assert model.feature_dim == net.fc.in_features and model.name == "robustbench:Standard"
+    with pytest.raises(UserError, match="does not download"):
+        robustbench_model("Standard", model_dir=tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="ensemble"):
+        robustbench_model("Ensemble", model_dir=tmp_path)
+    with pytest.raises(UserError, match="has no cifar10 Linf model 'Nope'"):
+        robustbench_model("Nope", model_dir=tmp_path)
