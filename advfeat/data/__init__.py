@@ -92,6 +92,8 @@ def load_dataset(
     if need_test or test_data is not None:
         dataset = attach_test_split(dataset, test_data, load_dataset)
     dataset.source["path"] = str(path.resolve())
+    # Lossy JPEG has less high-frequency content than the original pixels: the report says so.
+    dataset.source["lossy"] = bool(getattr(reader, "lossy", lambda p: False)(path))
     if verbose:
         how = "from cache" if cached else "decoded"
         n_test = len(dataset.test) if dataset.test is not None else 0

@@ -53,7 +53,7 @@ def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = 
     torch_device = check_devices(preset, device, gpus)
     source = load_dataset(data)  # reads (or decodes once into the cache) the source data
     sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device,
-                      preset.tuning_test_images)
+                      preset.tuning_test_images, source=dict(source.source))
     sources.test()  # a --test-subset larger than the images available fails now, not after training
     # Synthesis workers take the GPU of their rank; a single worker takes the one named.
     worker_device = device if gpus == 1 else torch_device.type
@@ -75,7 +75,10 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
     from advfeat.report import sample_images, write_report
 
     results = {"preset": preset.to_dict(), "extras": list(dict.fromkeys(preset.extras + tuple(extras))),
-               "data": {"path": sources.path, "digest": pipeline.data_digest},
+               "data": {"path": sources.path, "digest": pipeline.data_digest, "format": sources.source.get("format"),
+                        "lossy": sources.source.get("lossy")},
+               "test_images": sources.test_images | {"seed": 0, "n": len(sources.test())},
+               "seeds": preset.seed_list,
                "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
                "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
                "total_seconds": round(time.perf_counter() - started, 2)}

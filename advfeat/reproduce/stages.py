@@ -39,6 +39,7 @@ class Sources:
     test_subset: int | None
     device: torch.device
     tuning_test_images: tuple | None = None
+    source: dict = field(default_factory=dict)  # what load_dataset says of the data: format, lossy, ...
     _cache: dict = field(default_factory=dict)
 
     @property
