@@ -419,6 +419,8 @@ def _inspect(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
+    if out is not None and (out / "inspect.json").exists() and not args.force:
+        raise UserError(f"{out / 'inspect.json'} already exists; pass --force to overwrite it")
     dataset = load_dataset(args.dataset, name=args.name, test_data=args.test_data, subset=args.subset,
                            seed=args.seed, verbose=not args.quiet, need_test=False)
     report = dataset_report(dataset)
@@ -460,6 +462,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("--model", help="a model folder: how often its prediction equals the label (for D_rand/D_det: "
                                    "the target success)")
     p.add_argument("--out", help="folder for inspect.json and grid.png (default: print only)")
+    p.add_argument("--force", action="store_true", help="overwrite inspect.json and grid.png in --out")
     p.add_argument("--subset", type=_positive_int, help="inspect N training images (stratified, seeded)")
     p.add_argument("--test-data", help="also report the class balance of this real test split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
