@@ -324,6 +324,8 @@ def test_inspect_reports_balance_grid_and_model_agreement(tmp_path):
         preds = torch.stack([model(torch.from_numpy(x[None]).float() / 255).argmax(1)[0] for x in d.train.images])
     assert report["model"]["agreement"] == pytest.approx(float((preds.numpy() == d.train.labels).mean()))
     assert f"{report['model']['agreement']:.4f}" in out
+    code, _, err = run_cli("inspect", str(tmp_path / "svhn"), "--out", str(tmp_path / "report"), "--quiet")
+    assert code == 2 and "--force" in err, "a second inspect must not overwrite the first's report"
     grid = np.asarray(Image.open(tmp_path / "report" / "grid.png"))
     first_zero = d.train.images[np.flatnonzero(d.train.labels == 0)[0]]  # row 0, column 0, zoom 1 at 32 px
     np.testing.assert_array_equal(grid[2:34, 2:34], first_zero.transpose(1, 2, 0))
