@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from advfeat.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, combine, correlation_interval, mean_interval,
-                           paired_difference_interval, shift, verdict, wilson_interval)
+from advfeat.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, bootstrap_p,
+                           bootstrap_paired_difference, combine, correlation_interval, holm, leave_one_out,
+                           mean_interval, ols_slope, paired_difference_interval, percentile_interval, seed_replicates,
+                           shift, spearman_exact_test, t_test_p, two_level_replicates, verdict, wilson_interval)
 
 
 def test_t_interval_by_hand():
@@ -98,3 +100,157 @@ def test_bad_input():
         correlation_interval([1, 2, 3], [1, 2, 3])
     with pytest.raises(ValueError):
         verdict(Interval(0, 0, 0, 1, ""), "sideways", 0)
+
+
+# --- The two-level bootstrap (seeds, then test images) -----------------------------------------
+
+def test_zero_within_seed_variance_is_the_seed_level_bootstrap():
+    # Every image of a seed has the same outcome: image draws change nothing, and the seed draws
+    # come from the same stream, so the intervals agree exactly.
+    per_seed = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
+    correct = np.repeat(per_seed[:, None], 40, axis=1).astype(bool)
+    two_level = bootstrap_mean(correct)
+    seed_level = percentile_interval(seed_replicates(per_seed), per_seed.mean(), "seeds", 5)
+    assert two_level.estimate == pytest.approx(0.6)
+    assert (two_level.low, two_level.high) == (seed_level.low, seed_level.high)
+    assert seed_level.low < seed_level.high  # the seeds do differ
+
+
+def test_identical_seeds_and_equal_images_give_a_zero_width_interval():
+    correct = np.ones((3, 50), dtype=bool)
+    i = bootstrap_mean(correct)
+    assert i.low == i.high == i.estimate == 1.0
+    a = np.tile(np.arange(50) % 3 == 0, (3, 1))
+    same = bootstrap_paired_difference(a, a)
+    assert same.low == same.high == same.estimate == 0.0
+
+
+def test_two_level_variance_matches_its_closed_form():
+    # A replicate is the mean of S draws, each a drawn seed's image-bootstrap mean, so its variance
+    # is (Var over seeds of the seed means + mean over seeds of the within-seed variance / N) / S
+    # (population variances).
+    rng = np.random.default_rng(1)
+    p_seed = np.array([0.3, 0.5, 0.6, 0.8])
+    correct = rng.random((4, 60)) < p_seed[:, None]
+    means, within = correct.mean(1), correct.var(1)
+    expected = (means.var() + within.mean() / 60) / 4
+    replicates = two_level_replicates(correct, n_boot=20000)[:, 0]
+    assert replicates.var() == pytest.approx(expected, rel=0.04)
+
+
+def test_one_seed_agrees_with_the_paired_normal_interval():
+    rng = np.random.default_rng(2)
+    a = rng.random(2000) < 0.6
+    b = np.where(rng.random(2000) < 0.8, a, rng.random(2000) < 0.4)  # b agrees with a on most images
+    boot = bootstrap_paired_difference(a[None], b[None], n_boot=4000)
+    normal = paired_difference_interval(a, b)
+    assert boot.estimate == pytest.approx(normal.estimate)
+    assert boot.high - boot.low == pytest.approx(normal.high - normal.low, rel=0.08)
+
+
+def test_paired_difference_shares_every_draw_between_the_two_models():
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3, 100)) < 0.7, rng.random((3, 100)) < 0.5
+    both = two_level_replicates(np.stack([a, b]), n_boot=500)
+    of_difference = two_level_replicates(a.astype(float) - b, n_boot=500)[:, 0]
+    np.testing.assert_allclose(both[:, 0] - both[:, 1], of_difference, atol=1e-12)
+    # Pairing narrows the interval when the models agree on most images.
+    b_close = np.where(rng.random((3, 100)) < 0.9, a, ~a)
+    paired = bootstrap_paired_difference(a, b_close)
+    apart = two_level_replicates(a, n_boot=2000, seed=5)[:, 0] - two_level_replicates(b_close, n_boot=2000, seed=6)[:, 0]
+    assert paired.high - paired.low < 0.7 * (np.quantile(apart, 0.975) - np.quantile(apart, 0.025))
+
+
+def test_bootstrap_is_deterministic_and_rejects_bad_shapes():
+    correct = np.random.default_rng(4).random((3, 30)) < 0.5
+    assert bootstrap_mean(correct) == bootstrap_mean(correct)
+    assert not np.array_equal(two_level_replicates(correct, seed=1), two_level_replicates(correct))
+    with pytest.raises(ValueError):
+        bootstrap_mean(np.ones(5))
+
+
+# --- p-values and Holm ---------------------------------------------------------------------------
+
+def test_t_test_p_agrees_with_scipy_and_with_the_t_interval():
+    values = np.array([0.12, 0.08, 0.15, 0.10])
+    for margin in (0.0, 0.05, 0.09, 0.2):
+        expected = sps.ttest_1samp(values - margin, 0.0, alternative="greater").pvalue
+        assert t_test_p(values, margin) == pytest.approx(expected)
+        assert t_test_p(values, margin, "below") == pytest.approx(1 - expected)
+        # Duality: p < 0.025 exactly when the 95% t interval lies above the margin.
+        assert (t_test_p(values, margin) < 0.025) == (mean_interval(values).low > margin)
+    assert t_test_p([0.1, 0.1], 0.05) == 0.0 and t_test_p([0.1, 0.1], 0.2) == 1.0
+
+
+def test_bootstrap_p_is_the_dual_of_the_percentile_interval():
+    replicates = np.linspace(0.0, 1.0, 1001)
+    interval = percentile_interval(replicates, 0.5, "made up", 3)
+    assert bootstrap_p(replicates, interval.low - 1e-6) < 0.025 < bootstrap_p(replicates, interval.low + 0.01)
+    assert bootstrap_p(replicates, 0.5) == pytest.approx(501 / 1001)  # ties count against
+    assert bootstrap_p(replicates, 0.9, "below") == pytest.approx(0.1, abs=0.001)
+
+
+def test_holm_on_the_textbook_example():
+    # Holm (1979) as in the usual worked example: p = 0.01, 0.04, 0.03, 0.005 at alpha 0.05.
+    # Sorted: 0.005 * 4 = 0.02 (reject), 0.01 * 3 = 0.03 (reject), 0.03 * 2 = 0.06 (stop).
+    adjusted, rejected = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert rejected == [True, False, False, True]
+
+
+def test_holm_against_brute_force_step_down():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        p = rng.random(6) ** 3
+        adjusted, rejected = holm(p, alpha=0.05)
+        # Brute force: walk the sorted p-values, reject while p_(i) <= alpha / (m - i).
+        expected, stopped = [False] * 6, False
+        for i, j in enumerate(np.argsort(p)):
+            stopped = stopped or p[j] > 0.05 / (6 - i)
+            expected[j] = not stopped
+        assert rejected == expected
+        assert all(a >= q for a, q in zip(adjusted, p)) and max(adjusted) <= 1.0
+
+
+# --- Figure 3's trend over architecture means ----------------------------------------------------
+
+def test_exact_spearman_p_for_a_perfectly_monotone_trend():
+    rho, p = spearman_exact_test([1, 2, 3, 4, 5, 6], [0.1, 0.3, 0.35, 0.5, 0.8, 0.9])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 720)
+    rho, p = spearman_exact_test([1, 2, 3, 4, 5, 6], [0.9, 0.8, 0.5, 0.35, 0.3, 0.1])
+    assert rho == pytest.approx(-1.0) and p == pytest.approx(1.0)
+    assert spearman_exact_test([1, 2, 3], [4, 5, 6])[1] == pytest.approx(1 / 6)  # 3 points cannot reach 0.05
+
+
+@pytest.mark.parametrize("k", [4, 6])
+def test_exact_spearman_agrees_with_scipy_permutation_test(k):
+    rng = np.random.default_rng(k)
+    x, y = rng.random(k), rng.random(k) + np.linspace(0, 0.5, k)
+    rho, p = spearman_exact_test(x, y)
+    ref = sps.permutation_test((x,), lambda a: sps.spearmanr(a, y).statistic, permutation_type="pairings",
+                               alternative="greater", n_resamples=np.inf, vectorized=False)
+    assert rho == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert p == pytest.approx(ref.pvalue)
+
+
+def test_ols_slope_on_exactly_linear_and_noisy_data():
+    x = np.array([0.1, 0.2, 0.35, 0.5, 0.7, 0.9])
+    exact = ols_slope(x, 2 * x + 1)
+    assert exact.estimate == pytest.approx(2.0)
+    assert exact.high - exact.low == pytest.approx(0.0, abs=1e-9)
+    y = 2 * x + 1 + np.array([0.05, -0.03, 0.02, -0.04, 0.01, 0.0])
+    fit = sps.linregress(x, y)
+    noisy = ols_slope(x, y)
+    half = sps.t.ppf(0.975, 4) * fit.stderr
+    assert (noisy.estimate, noisy.low, noisy.high) == pytest.approx((fit.slope, fit.slope - half, fit.slope + half))
+
+
+def test_leave_one_out_finds_the_point_a_trend_rests_on():
+    x = [1, 2, 3, 4, 5, 6]
+    y = [0.5, 0.4, 0.45, 0.35, 0.42, 2.0]  # falling, except one far point that makes the fit rise
+    assert ols_slope(x, y).estimate > 0
+    drops = {d["dropped"]: d for d in leave_one_out(x, y, list("abcdef"))}
+    assert drops["f"]["slope"] < 0 and drops["f"]["rho"] < 0
+    assert all(drops[n]["slope"] > 0 for n in "abcde")
+    with pytest.raises(ValueError):
+        leave_one_out([1, 2, 3], [1, 2, 3], list("abc"))
