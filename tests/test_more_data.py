@@ -411,3 +411,40 @@ def test_classes_txt_orders_the_labels_and_its_change_is_seen(tmp_path):
     (tmp_path / "f" / "classes.txt").write_text("a\nb\n")
     with pytest.raises(UserError, match="does not list the class folders"):
         load_dataset(tmp_path / "f")
+
+
+def test_cifar100_archive_reads_like_the_folder(tmp_path):
+    import tarfile
+
+    written = write_cifar100(tmp_path / "src", classes=3)
+    (tmp_path / "arch").mkdir()
+    with tarfile.open(tmp_path / "arch" / "cifar-100-python.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "src" / "cifar-100-python", arcname="cifar-100-python")
+    d = load_dataset(tmp_path / "arch")
+    assert d.classes == tuple(written["classes"])
+    assert_same_examples(d.train, *written["train"])
+
+
+@pytest.mark.parametrize("problem", ["svhn-garbage", "svhn-shape", "npz-object", "npz-missing"])
+def test_damaged_files_are_one_line(tmp_path, problem):
+    from scipy.io import savemat
+
+    data = tmp_path / "data"
+    if problem.startswith("svhn"):
+        write_svhn(data, per_class=1)
+        if problem == "svhn-garbage":
+            (data / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, but not really")
+        else:
+            savemat(data / "test_32x32.mat", {"X": np.zeros((32, 32, 4, 2), np.uint8), "y": np.ones((3, 1))})
+        expected = "SVHN"
+    else:
+        data.mkdir()
+        arrays = {k: np.zeros((2, 3, 4, 4), np.uint8) for k in ("train_images", "test_images")}
+        arrays |= {"train_labels": np.zeros(2, np.int64), "test_labels": np.zeros(2, np.int64)}
+        if problem == "npz-object":
+            arrays["classes"] = np.array([{"not": "a name"}, "b"], dtype=object)
+        np.savez(data / "dataset.npz", **arrays)
+        expected = "dataset.npz"
+    code, out, err = run_cli("inspect", str(data), "--out", str(tmp_path / "out"))
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

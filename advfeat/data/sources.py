@@ -266,8 +266,8 @@ class SvhnMatReader:
         except Exception as err:
             raise UserError(f"{file} is not a readable SVHN .mat file ({str(err).splitlines()[0]})") from None
         if images.shape[1] != 3 or len(images) != len(labels):
-            raise UserError(f"{file}: expected X (H, W, 3, N) and N labels, got {tuple(mat['X'].shape)} and "
-                            f"{len(labels)}")
+            raise UserError(f"{file} is not an SVHN split: expected X (H, W, 3, N) and N labels, got "
+                            f"{tuple(mat['X'].shape)} and {len(labels)}")
         return Split(images, labels)
 
     def read(self, path: Path) -> Dataset:
