@@ -206,11 +206,14 @@ class Cifar100PythonReader:
         if where.is_dir():
             return {f: (where / f).read_bytes() for f in self.files}
         found = {}
-        with tarfile.open(where) as tf:
-            for member in tf:
-                name = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and name in self.files:
-                    found[name] = tf.extractfile(member).read()
+        try:
+            with tarfile.open(where) as tf:
+                for member in tf:
+                    name = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and name in self.files:
+                        found[name] = tf.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise UserError(f"cannot read archive {where}: {err}") from None
         missing = [f for f in self.files if f not in found]
         if missing:
             raise UserError(f"{where} lacks CIFAR-100 files {', '.join(missing)}")
@@ -227,7 +230,7 @@ class Cifar100PythonReader:
         splits = {}
         for split in SPLITS:
             images, labels = _load_python_batch(raw[split], f"{where}/{split}", b"fine_labels", "CIFAR-100 file")
-            if labels.min() < 0 or labels.max() >= len(classes):
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
                 raise UserError(f"{where}/{split}: labels outside 0..{len(classes) - 1}")
             splits[split] = Split(images, labels)
         return Dataset(splits["train"], splits["test"], source_record(self.name, path, classes))
