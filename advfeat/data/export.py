@@ -22,7 +22,6 @@ touched.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -65,6 +64,9 @@ def export_dataset(dataset: Dataset, fmt: str, out: Path | str) -> Path:
         raise UserError(f"--out {out} already exists; give a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp makes it 0700; the export is an ordinary folder
     try:
         WRITERS[fmt](dataset, partial)
         if out.is_dir():
@@ -75,17 +77,12 @@ def export_dataset(dataset: Dataset, fmt: str, out: Path | str) -> Path:
     return out
 
 
-def _torch_save(obj, dest: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    dest.write_bytes(buffer.getvalue())
-
-
 def write_authors(dataset: Dataset, folder: Path) -> None:
     split = dataset.train
     chunks = range(0, len(split), AUTHORS_CHUNK)
-    _torch_save([torch.from_numpy(split.images[i:i + AUTHORS_CHUNK].copy()) for i in chunks], folder / "CIFAR_ims")
-    _torch_save([torch.from_numpy(split.labels[i:i + AUTHORS_CHUNK].copy()) for i in chunks], folder / "CIFAR_lab")
+    # Views, not copies: a tensor made from a numpy slice has only that slice as its storage.
+    torch.save([torch.from_numpy(split.images[i:i + AUTHORS_CHUNK]) for i in chunks], folder / "CIFAR_ims")
+    torch.save([torch.from_numpy(split.labels[i:i + AUTHORS_CHUNK]) for i in chunks], folder / "CIFAR_lab")
     write_class_list(dataset.classes, folder)
 
 
