@@ -356,8 +356,9 @@ def _import(args: argparse.Namespace) -> None:
 
     card = import_robustness(args.file, args.arch, args.out, eps=args.eps, norm=args.norm, force=args.force)
     source, norm = card["source_file"], card["normalization"]
+    mean, std = ([round(v, 4) for v in norm[k]] for k in ("mean", "std"))
     print(f"imported {card['arch']} ({card['num_classes']} classes, epoch {source['epoch']}) from {args.file} "
-          f"(sha256 {source['sha256'][:16]}...); normalizer mean {norm['mean']} std {norm['std']}"
+          f"(sha256 {source['sha256'][:16]}...); normalizer mean {mean} std {std}"
           f"{'' if norm['matches_cifar10'] else ' (not CIFAR-10’s: the model uses it)'} -> {args.out}")
 
 
