@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from advfeat.attacks import batched_forward, cw_l2, frozen, frozen_view, make_threat, pgd
-from advfeat.attacks.autoattack import CLEAN, check_autoattack_args, run_ensemble
+from advfeat.attacks.autoattack import autoattack_accuracy
 from advfeat.errors import UserError
 from advfeat.data.synthesized import label_shift
 from advfeat.data.tensor_loader import to_unit_float
@@ -131,12 +131,13 @@ def attack_progress_bar(total: int, eps: float, enabled: bool):
 
 
 def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[float], spec: AttackSpec,
-                    *, seed: int = 0, progress: bool = False) -> dict:
+                    *, seed: int = 0, progress: bool = False, state_path=None) -> dict:
     """Clean and robust accuracy of `model` on (x, y) (tensors on the model's device) under the
     attack `spec` names, at each eps: {"clean_accuracy", "n", "attack", "robust": rows, "warnings"}."""
     if any(not e >= 0 for e in eps_list):
         raise UserError(f"eps must be >= 0, got {eps_list}")
-    return ACCURACY_BY_FAMILY[spec.family](model, x, y, eps_list, spec, seed=seed, progress=progress)
+    resume = {"state_path": state_path} if spec.family == "autoattack" else {}  # AutoAttack alone resumes
+    return ACCURACY_BY_FAMILY[spec.family](model, x, y, eps_list, spec, seed=seed, progress=progress, **resume)
 
 
 def pgd_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0, progress: bool = False) -> dict:
@@ -198,90 +199,20 @@ def _accuracy_record(correct: torch.Tensor, y: torch.Tensor, spec: AttackSpec, r
 
 
 def autoattack_spec_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0,
-                             progress: bool = False) -> dict:
-    """AutoAttack (autoattack_accuracy) with the settings of an AttackSpec."""
-    return autoattack_accuracy(model, x, y, eps_list, norm=spec.norm, n_iter=spec.steps, restarts_ce=spec.restarts,
-                               n_target_classes=spec.target_classes, batch_size=spec.batch_size, seed=seed,
-                               compile=spec.compile, share=spec.share, square=spec.square,
-                               square_queries=spec.square_queries, progress=progress)
+                             progress: bool = False, state_path=None) -> dict:
+    """AutoAttack (advfeat.attacks.autoattack.autoattack_accuracy) with the settings of an
+    AttackSpec; with state_path, resumable (per-example results saved there chunk by chunk)."""
+    return autoattack_accuracy(model, x, y, eps_list, norm=spec.norm, version=spec.version, n_iter=spec.steps,
+                               restarts_ce=spec.restarts, n_target_classes=spec.target_classes,
+                               batch_size=spec.batch_size, seed=seed, compile=spec.compile, share=spec.share,
+                               square=spec.square, square_queries=spec.square_queries,
+                               checkpoint_every=spec.checkpoint_every, state_path=state_path, progress=progress)
 
 
 def split_tensors(split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as (x float [0,1], y) on the device."""
     x = to_unit_float(torch.from_numpy(split.images).to(device))
     return x, torch.from_numpy(split.labels).to(device)
-
-
-def autoattack_accuracy(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps_list: list[float],
-    *,
-    norm: str,
-    n_iter: int = 100,
-    restarts_ce: int = 1,
-    n_target_classes: int = 9,
-    batch_size: int | None = None,
-    seed: int = 0,
-    compile: bool | None = None,
-    share: bool = True,
-    square: bool = False,
-    square_queries: int = 5000,
-    progress: bool = False,
-) -> dict:
-    """Clean and AutoAttack robust accuracy of `model` on (x, y) at each eps, in the shape of
-    advfeat.evaluation.robust_accuracy: {"clean_accuracy", "n", "attack", "robust": rows,
-    "warnings"}. Each row: "eps", "accuracy", "robust_index", "attacked", "seconds",
-    "image_steps", "images_per_s", "image_steps_per_s", "broken_by" (counts per stage),
-    "zero_grad_fraction", "stages", and "per_example": per example (stage name or None,
-    iteration), "clean" for the misclassified. With share=True an example broken at a smaller
-    eps keeps that eps's record (the same point breaks it here) and is not attacked again.
-    """
-    check_autoattack_args(norm, list(eps_list), n_iter, restarts_ce, n_target_classes,
-                          getattr(model, "num_classes", None), square_queries)
-    eps_list = sorted({float(e) for e in eps_list})
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    logits = batched_forward(model, x, batch_size, compile=compile)
-    check_autoattack_args(norm, eps_list, n_iter, restarts_ce, n_target_classes, logits.shape[1])
-    correct = logits.argmax(1) == y
-    clean = float(correct.float().mean()) if len(y) else 0.0
-    clean_records = [None if c else (CLEAN, 0) for c in correct.cpu().tolist()]
-    records, robust, rows = list(clean_records), correct.clone(), []
-    for eps in eps_list:
-        candidates = robust if share else correct
-        if not share:
-            records = list(clean_records)
-        index = torch.nonzero(candidates).flatten()
-        update, bar = attack_progress_bar(len(index), eps, progress)
-        start = time.perf_counter()
-        out = run_ensemble(model, x, y, logits, index, norm=norm, eps=eps, n_iter=n_iter, restarts_ce=restarts_ce,
-                        n_target_classes=n_target_classes, square=square, square_queries=square_queries,
-                        batch_size=batch_size, generator=generator, compile=compile, progress=update)
-        seconds = time.perf_counter() - start
-        bar.close()
-        broken = torch.zeros_like(correct)
-        broken[index] = out.broken
-        robust = candidates & ~broken
-        records = list(records)  # each row keeps its own list
-        for j, i in enumerate(index.cpu().tolist()):
-            records[i] = (out.broken_by[j], out.iteration[j]) if out.broken_by[j] is not None else None
-        image_steps = sum(s["image_steps"] for s in out.stages)
-        rows.append({
-            "eps": eps, "accuracy": float(robust.float().mean()) if len(y) else 0.0,
-            "robust_index": torch.nonzero(robust).flatten().tolist(), "attacked": len(index),
-            "seconds": round(seconds, 3), "image_steps": image_steps,
-            "images_per_s": round(len(index) / max(seconds, 1e-9), 1),
-            "image_steps_per_s": round(image_steps / max(seconds, 1e-9), 1),
-            "broken_by": {s["attack"]: s["broken"] for s in out.stages},
-            "zero_grad_fraction": float(out.zero_grad.float().mean()) if len(index) else 0.0,
-            "stages": out.stages, "per_example": records})
-    attack = {"name": "autoattack", "norm": norm, "n_iter": n_iter, "restarts_ce": restarts_ce,
-              "n_target_classes": n_target_classes, "square": square,
-              "square_queries": square_queries if square else None, "batch_size": batch_size, "seed": seed,
-              "compile": compile, "share": share}
-    return {"clean_accuracy": clean, "n": len(y), "attack": attack, "robust": rows,
-            "warnings": masking_warnings(rows, clean, len(y))}
 
 
 # The attack of each AttackSpec family (settings.ATTACKS names them).

@@ -26,6 +26,7 @@ NORMS = ("l2", "linf")
 STARTS = ("none", "sphere", "ball", "radius", "box")
 ATTACKS = ("pgd-l2", "pgd-linf", "cw-l2", "autoattack-l2", "autoattack-linf")
 ATTACK_ALIASES = {"autoattack": "autoattack-l2"}  # the paper's threat model is L2
+AUTOATTACK_VERSIONS = ("fast", "standard", "plus")  # attacks/autoattack.py VERSIONS: what each runs
 DEFAULT_STEPS = {"pgd": 20, "cw": 20, "autoattack": 100}  # AutoAttack's standard version: 100 iterations
 KINDS = ("r", "nr", "rand", "det")
 KEEP = ("best", "last")
@@ -137,6 +138,11 @@ class AttackSpec:
     target_classes: int = setting(9, "AutoAttack: target classes of APGD-T (the top ones by clean logit)")
     square: bool = setting(False, "AutoAttack: end with the black-box Square attack (gradient-free)")
     square_queries: int = setting(5000, "AutoAttack: Square's queries")
+    version: str = setting("fast", "AutoAttack version: fast = APGD-CE + APGD-T (+ Square with --square); "
+                                   "standard = APGD-CE, APGD-T, FAB-T, Square 5000 (RobustBench's); plus = the "
+                                   "reference's plus version", AUTOATTACK_VERSIONS)
+    checkpoint_every: int = setting(4, "AutoAttack: save per-example results every N batches (with --out, to "
+                                       "OUT.state.json; a killed eval resumes from it)")
 
     def __post_init__(self) -> None:
         self.name = ATTACK_ALIASES.get(self.name, self.name)
@@ -152,6 +158,8 @@ class AttackSpec:
             (self.cw_binary_steps >= 1, f"CW binary steps must be at least 1, got {self.cw_binary_steps}"),
             (self.target_classes >= 1, f"target classes must be at least 1, got {self.target_classes}"),
             (self.square_queries >= 1, f"Square queries must be at least 1, got {self.square_queries}"),
+            _one_of(self.version, AUTOATTACK_VERSIONS, "AutoAttack version"),
+            (self.checkpoint_every >= 1, f"checkpoint every must be at least 1 batch, got {self.checkpoint_every}"),
         ])
 
     @property
