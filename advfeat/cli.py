@@ -443,7 +443,10 @@ def _print_inspection(report: dict) -> None:
     train = report["train"]
     pixels = train["pixels"]
     print(f"{report['source'].get('format')}: {train['n']} train images {tuple(pixels['shape'])} {pixels['dtype']}, "
-          f"pixels in [{pixels['min']:.3f}, {pixels['max']:.3f}], {len(report['classes'])} classes")
+          f"pixels in [{pixels['min']:.3f}, {pixels['max']:.3f}], {len(report['classes'])} classes, "
+          f"{pixels['duplicates']} exact duplicates, {pixels['non_finite']} non-finite values")
+    if report["source"].get("digest"):
+        print(f"  content sha256 (pixels and labels): {report['source']['digest']}")
     for split in ("train", "test"):
         if split in report:
             counts = report[split]["per_class"].values()
