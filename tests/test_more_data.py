@@ -319,6 +319,7 @@ def test_inspect_reports_balance_grid_and_model_agreement(tmp_path):
     report = json.loads((tmp_path / "report" / "inspect.json").read_text())
     d = load_dataset(tmp_path / "svhn")
     assert report["train"]["per_class"] == {str(c): 3 for c in range(10)}
+    assert report["train"]["pixels"]["duplicates"] == 0 and report["train"]["pixels"]["non_finite"] == 0
     # Agreement against the model run here directly, image by image.
     with torch.no_grad():
         preds = torch.stack([model(torch.from_numpy(x[None]).float() / 255).argmax(1)[0] for x in d.train.images])
@@ -448,3 +449,19 @@ def test_damaged_files_are_one_line(tmp_path, problem):
     code, out, err = run_cli("inspect", str(data), "--out", str(tmp_path / "out"))
     assert code == 2 and expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_pixel_summary_counts_duplicates_and_non_finite_values():
+    from advfeat.data import Split
+    from advfeat.data.dataset_report import pixel_summary
+
+    images = np.random.default_rng(5).random((6, 3, 4, 4)).astype(np.float32)
+    images[4] = images[1]
+    images[5] = images[1]  # two copies of image 1
+    images[2, 0, 0, 0] = np.nan
+    images[3, 1, 2, 2] = np.inf
+    summary = pixel_summary(Split(images, np.zeros(6, np.int64)))
+    assert summary["duplicates"] == 2 and summary["non_finite"] == 2
+    finite = np.where(np.isfinite(images), images, np.nan)
+    assert summary["max"] == pytest.approx(float(np.nanmax(finite)))
+    assert summary["mean_per_channel"] == pytest.approx(np.nanmean(finite, axis=(0, 2, 3)).tolist(), abs=1e-4)

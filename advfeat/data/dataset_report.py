@@ -33,11 +33,30 @@ def class_balance(split: Split, classes: tuple[str, ...]) -> dict:
 
 
 def pixel_summary(split: Split) -> dict:
+    """Shape, dtype, range and channel means in [0, 1] units; non-finite values; and exact
+    duplicates (images equal byte for byte to an earlier one, found by hashing each image)."""
+    import hashlib
+
     images = split.images
     scale = 255.0 if images.dtype == np.uint8 else 1.0
+    finite = np.isfinite(images) if images.dtype != np.uint8 else np.ones(images.shape, bool)
+    seen: set[bytes] = set()
+    duplicates = 0
+    for image in images:
+        digest = hashlib.blake2b(image.tobytes(), digest_size=16).digest()
+        duplicates += digest in seen
+        seen.add(digest)
+    values = images[finite] if not finite.all() else images
     return {"shape": list(images.shape[1:]), "dtype": str(images.dtype),
-            "min": float(images.min()) / scale, "max": float(images.max()) / scale,
-            "mean_per_channel": [round(float(m) / scale, 4) for m in images.mean(axis=(0, 2, 3))]}
+            "min": float(values.min(initial=0)) / scale, "max": float(values.max(initial=0)) / scale,
+            "mean_per_channel": [round(float(m) / scale, 4) for m in _finite_channel_means(images, finite)],
+            "non_finite": int((~finite).sum()), "duplicates": duplicates}
+
+
+def _finite_channel_means(images: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Each channel's mean over its finite values (a NaN must not turn the summary into NaN)."""
+    totals = np.where(finite, images, 0).sum(axis=(0, 2, 3), dtype=np.float64)
+    return totals / np.maximum(finite.sum(axis=(0, 2, 3)), 1)
 
 
 def labels_are_targets(dataset: Dataset) -> bool:
