@@ -102,3 +102,164 @@ def test_judge_squares_reads_seeds_and_images():
     none = judge_squares({s: result([0] * 100, [0] * 100) for s in range(3)})
     assert none["verdict"] == "does not hold"
     assert "0.9" in none["reference"]["value"]
+
+
+# --------------------------------------------------------------------------- Gilmer & Hendrycks
+
+
+@pytest.mark.parametrize("u,v", [(0, 0), (3, 5), (-7, 2), (16, 16), (0, 16), (5, 0)])
+def test_fourier_basis_has_its_norm_and_only_its_frequency(u, v):
+    from advfeat.discussion.fourier import fourier_basis
+
+    basis = fourier_basis(u, v, norm=4.0).double()
+    assert basis.norm().item() == pytest.approx(4.0, rel=1e-6)
+    energy = torch.fft.fft2(basis).abs()
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[u % 32, v % 32] = mask[-u % 32, -v % 32] = True
+    assert energy[~mask].max().item() < 1e-6 * energy.max().item()  # float32 rounding only
+    assert energy[mask].min().item() > 0.1
+
+
+def test_fourier_grid_covers_every_basis_once_up_to_the_mirrored_rows():
+    from advfeat.discussion.fourier import frequency_grid
+
+    rows, columns = frequency_grid()
+    assert (len(rows), len(columns)) == (17, 32)
+    classes = {frozenset({(u % 32, v % 32), (-u % 32, -v % 32)}) for v in rows for u in columns}
+    assert len(classes) == (32 * 32 + 4) // 2  # all 514 distinct real bases of a 32x32 image
+    assert frequency_grid(2) == (list(range(0, 17, 2)), list(range(-15, 17, 2)))
+
+
+def test_filters_are_complementary_idempotent_projections():
+    from advfeat.discussion.fourier import highpass, lowpass
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lowpass(x, 16), x, atol=1e-6)  # every frequency has max(|f_x|, |f_y|) <= 16
+    for cutoff in (1, 4, 12.5):
+        low = lowpass(x, cutoff)
+        assert torch.allclose(lowpass(low, cutoff), low, atol=1e-6)
+        assert torch.allclose(highpass(highpass(x, cutoff), cutoff), highpass(x, cutoff), atol=1e-6)
+        assert torch.allclose(low + highpass(x, cutoff), x, atol=1e-6)
+        assert lowpass(highpass(x, cutoff), cutoff).abs().max().item() < 1e-5
+    # Brute force: the low-pass keeps a basis image at its frequency and removes one above it.
+    from advfeat.discussion.fourier import fourier_basis
+
+    inside, outside = fourier_basis(4, -3), fourier_basis(5, 1)
+    assert torch.allclose(lowpass(inside, 4), inside, atol=1e-6)
+    assert lowpass(outside, 4).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("cutoff", [0, -1, 16.5, 32])
+def test_bad_cutoff_is_a_user_error_naming_the_range(cutoff):
+    from advfeat.discussion.fourier import lowpass
+
+    with pytest.raises(UserError, match=r"\(0, 16\]"):
+        lowpass(torch.zeros(1, 1, 32, 32), cutoff)
+
+
+@pytest.mark.parametrize("norm", [0, -4])
+def test_bad_noise_norm_is_a_user_error(norm):
+    from advfeat.discussion.fourier import FourierSettings, fourier_basis
+
+    with pytest.raises(UserError, match="> 0"):
+        fourier_basis(1, 1, norm)
+    with pytest.raises(UserError, match="> 0"):
+        FourierSettings(norm=norm)
+
+
+def test_fog_is_low_frequency_and_keeps_range():
+    from advfeat.discussion.fourier import fog, fog_field, frequency_radius
+
+    g = torch.Generator().manual_seed(0)
+    field = fog_field(8, 2.5, g)
+    assert float(field.min()) == 0.0 and float(field.max()) == pytest.approx(1.0)
+    spectrum = torch.fft.fft2(field - field.mean((1, 2), keepdim=True)).abs().pow(2).mean(0)
+    radius = frequency_radius()
+    assert spectrum[radius <= 4].sum() > 0.95 * spectrum.sum()  # almost all energy at the lowest frequencies
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    foggy = fog(x, 3, g)
+    assert float(foggy.min()) >= 0 and float(foggy.max()) <= 1
+    with pytest.raises(UserError, match="1..5"):
+        fog(x, 6, g)
+
+
+def test_fourier_error_map_of_a_constant_model():
+    """A model that always says class 0 errs exactly on the images of other classes, at every frequency."""
+    from advfeat.discussion.fourier import band_errors, fourier_error_map
+
+    class Constant(torch.nn.Module):
+        num_classes = 10
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() + 0 * x.sum()
+
+    y = torch.tensor([0, 1, 2, 0])
+    heat = fourier_error_map(Constant(), torch.rand(4, 3, 32, 32), y, 4.0, 4, seed=0)
+    assert heat["errors"].shape == (5, 8, 4)
+    assert (heat["errors"] == np.array([0, 1, 1, 0])).all()
+    assert band_errors(heat, (0, 4)).tolist() == [0, 1, 1, 0]
+
+
+# --------------------------------------------------------------------------- Wallace
+
+
+def test_teacher_and_student_images_are_disjoint_halves():
+    from advfeat.discussion.wrong_labels import disjoint_halves
+
+    teacher, student = disjoint_halves(101, seed=3)
+    assert len(np.intersect1d(teacher, student)) == 0
+    assert sorted(np.r_[teacher, student].tolist()) == list(range(101))
+    assert abs(len(teacher) - len(student)) <= 1
+    assert not np.array_equal(disjoint_halves(101, seed=4)[0], teacher)
+
+
+def test_every_kept_label_is_wrong():
+    """A teacher that is right on some images and wrong on others: only the wrong ones are kept,
+    each with the teacher's label, which is never the true one."""
+    from advfeat.discussion.wrong_labels import wrong_label_set
+
+    class Teacher(torch.nn.Module):
+        num_classes = 10
+
+        def forward(self, x):  # predicts round(9 * mean pixel)
+            return torch.nn.functional.one_hot((x.mean((1, 2, 3)) * 9).round().long(), 10).float() + 0 * x.sum()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 3, 32, 32, generator=g) ** torch.rand(200, 1, 1, 1, generator=g).mul(4)
+    y = torch.randint(0, 10, (200,), generator=g)
+    predicted = (x.mean((1, 2, 3)) * 9).round().long()
+    kept_x, kept_labels, kept_true = wrong_label_set(Teacher(), x, y, batch_size=64)
+    assert len(kept_labels) == int((predicted != y).sum()) > 0
+    assert bool((kept_labels != kept_true).all())
+    assert torch.equal(kept_labels, predicted[predicted != y]) and torch.equal(kept_x, x[predicted != y])
+
+
+def test_toy_mlp_fits_random_labels():
+    from advfeat.discussion.wrong_labels import WrongLabelsSettings, toy_fit
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.rand(32, 2, generator=g), torch.randint(0, 2, (32,), generator=g)
+    model = toy_fit(x, y, WrongLabelsSettings().toy_steps, seed=5)
+    assert bool((model(x).argmax(1) == y).all())
+
+
+def test_judge_wrong_labels_verdicts():
+    from advfeat.discussion.wrong_labels import judge_wrong_labels
+
+    def outcomes(acc, n):
+        return [1] * round(acc * n) + [0] * (n - round(acc * n))
+
+    def seed_result(acc, cross_acc, toy_acc, n=100):
+        return {"mislabelled": {"student_test_accuracy": acc, "correct": outcomes(acc, n)},
+                "cross": {"student_test_accuracy": cross_acc, "chance": 0.2, "correct": outcomes(cross_acc, n)},
+                "toy": {"accuracy": toy_acc, "right": round(toy_acc * n), "points": n}}
+
+    held = judge_wrong_labels({s: seed_result(0.3 + 0.01 * s, 0.5, 0.7 + 0.01 * s) for s in range(3)})
+    assert [c["verdict"] for c in held] == ["holds"] * 3
+    assert held[0]["parts"][0]["interval"]["method"].startswith("mean of 3 seeds")
+    # One seed: an interval over images; at chance on 2,000 images it lies wholly below chance + 5 points.
+    at_chance = judge_wrong_labels({0: seed_result(0.1, 0.2, 0.5, n=2000)})
+    assert [c["verdict"] for c in at_chance] == ["does not hold"] * 3
+    small = judge_wrong_labels({0: seed_result(0.1, 0.2, 0.5, n=50)})
+    assert [c["verdict"] for c in small] == ["inconclusive"] * 3  # 50 images cannot tell
+    assert "49.7%" in held[0]["reference"]["value"]

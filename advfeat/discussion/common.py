@@ -115,3 +115,15 @@ def fit_adam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def training_tensors(sources, seed: int, n: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of the seed's training subset (sources.train_data(seed)), drawn at random by
+    `seed` (the splits are stored class by class: the first n would hold few classes), as
+    (x float [0, 1], y) on the device."""
+    from advfeat.data.tensor_loader import to_unit_float
+
+    split = sources.train_data(seed).train
+    keep = np.sort(np.random.default_rng([seed, 0xD15C]).permutation(len(split))[:n])
+    return (to_unit_float(torch.from_numpy(split.images[keep]).to(device)),
+            torch.from_numpy(split.labels[keep]).to(device))
