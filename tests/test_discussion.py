@@ -263,3 +263,71 @@ def test_judge_wrong_labels_verdicts():
     small = judge_wrong_labels({0: seed_result(0.1, 0.2, 0.5, n=50)})
     assert [c["verdict"] for c in small] == ["inconclusive"] * 3  # 50 images cannot tell
     assert "49.7%" in held[0]["reference"]["value"]
+
+
+# --------------------------------------------------------------------------- Goh's eigenfeatures
+
+
+def _toy_images(n=300, d=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(1.0, 0.01, d, dtype=torch.float64)
+    y = torch.where(torch.rand(n, generator=g) < 0.5, 1, -1)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * scales + 0.3 * y[:, None] * scales
+    return x, y
+
+
+def test_robust_usefulness_decomposition_equals_direct_computation():
+    from advfeat.discussion.eigenfeatures import (feature_values, robust_usefulness, second_moment,
+                                                  worst_perturbation)
+
+    x, y = _toy_images()
+    moment = second_moment(x)
+    g = torch.Generator().manual_seed(1)
+    for a in (torch.randn(40, generator=g, dtype=torch.float64), torch.eye(40, dtype=torch.float64)[39]):
+        for eps in (0.0, 0.3, 1.0):
+            closed = robust_usefulness(a, x, y, moment, eps)
+            direct = float((y * feature_values(a, x + worst_perturbation(a, y, eps), moment)).mean())
+            assert closed == pytest.approx(direct, rel=1e-10, abs=1e-12)
+            # No other perturbation in the ball does worse (random points on the sphere).
+            d = torch.randn(len(y), 40, generator=g, dtype=torch.float64)
+            d = eps * d / d.norm(dim=1, keepdim=True)
+            assert (y * feature_values(a, x + d, moment) >= y * feature_values(a, x + worst_perturbation(a, y, eps),
+                                                                               moment) - 1e-12).all()
+
+
+def test_eigenfeatures_are_unit_second_moment_and_non_robustness_is_inverse_sqrt_eigenvalue():
+    from advfeat.discussion.eigenfeatures import eigenfeatures, feature_values, non_robustness, second_moment
+
+    x, _ = _toy_images()
+    moment = second_moment(x)
+    values, vectors = eigenfeatures(moment, 1e-9)
+    for i in (0, 17, len(values) - 1):
+        f = feature_values(vectors[:, i], x, moment)
+        assert float((f ** 2).mean()) == pytest.approx(1.0, rel=1e-9)
+        assert non_robustness(vectors[:, i], moment) == pytest.approx(float(values[i] ** -0.5), rel=1e-9)
+
+
+def test_ensemble_usefulness_is_the_normalized_sum():
+    from advfeat.discussion.eigenfeatures import eigen_table, eigenfeatures, ensemble_vector, second_moment, usefulness
+
+    x, y = _toy_images()
+    moment = second_moment(x)
+    values, vectors = eigenfeatures(moment, 1e-9)
+    use = eigen_table(x, y, moment, vectors)
+    members = np.zeros(len(values), dtype=bool)
+    members[-10:] = True
+    signs = np.sign(use)
+    a = ensemble_vector(values, vectors, signs, members)
+    assert usefulness(a, x, y, moment) == pytest.approx(np.abs(use[members]).sum() / np.sqrt(10), rel=1e-8)
+
+
+def test_analyse_finds_a_useful_non_robust_feature_on_a_toy():
+    from advfeat.discussion.eigenfeatures import EigenSettings, analyse, judge_eigenfeatures
+
+    result = analyse(EigenSettings(eps=1.0, ensemble_threshold=20.0), _toy_images(seed=0), _toy_images(seed=1))
+    chosen = result["chosen"]
+    assert chosen["test_usefulness"] > 0 > chosen["test_robust_usefulness"]
+    judged = judge_eigenfeatures({0: {"settings": {"eps": 1.0}, **result}})
+    assert judged["verdict"] == "holds"
+    rows = result["containment"]["rows"]
+    assert rows[-1]["alpha"] == 1.0 and rows[-1]["test_robust_usefulness"] > rows[0]["test_robust_usefulness"]
