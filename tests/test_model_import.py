@@ -312,6 +312,30 @@ def test_stub_calls_never_run_code(tmp_path):
         sys.modules.pop(module.__name__)
 
 
+def test_a_pickle_cannot_change_stubs_or_allowlisted_functions(tmp_path):
+    """BUILD with state on a stub class or an allowlisted function is refused (torch's legacy
+    loader reads `dump_patches` from classes and writes a .patch file when it is true)."""
+    import io
+
+    from advfeat.models.safe_pickle import RestrictedUnpickler
+
+    key = b"X" + len(b"dump_patches").to_bytes(4, "little") + b"dump_patches"
+    slot_state = b"N}" + key + b"\x88s\x86b."  # BUILD (None, {"dump_patches": True}): setattr
+    dict_state = b"}" + key + b"\x88sb."  # BUILD {"dump_patches": True}: the object's __dict__
+    for target in (b"cforeign_pkg\nSomeClass\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
+        for state in (slot_state, dict_state):
+            with pytest.raises((pickle.UnpicklingError, AttributeError, TypeError)):  # each: refused
+                RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state)).load()
+
+
+def test_a_pickled_module_is_refused_and_writes_no_patch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match="pickled nn.Module"):
+        read_torch_pickle(tmp_path / "whole.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole.pt"]
+
+
 def test_keys_of_another_arch_name_the_first_missing_and_unexpected(resnet18_files, tmp_path, capsys):
     path = resnet18_files[False]
     code = main(["import", "robustness", str(path), "--arch", "resnet50", "--out", str(tmp_path / "m")])

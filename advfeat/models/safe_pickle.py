@@ -14,7 +14,12 @@ through `find_class`) and then calls (REDUCE, NEWOBJ, BUILD). `find_class` answe
 - a name that can run code (os.system, builtins.eval, subprocess, torch.load, ...) by refusing
   the whole file (`HostilePickle`), so the user learns what the file tried;
 - any other name with a stub class, whose calls and state are recorded, never executed.
-So nothing from the file is ever called but allowlisted functions. The idea follows torch's
+So nothing from the file is ever called but allowlisted functions. Nor can the file change
+them: the allowlisted functions are frozen callables and stub classes refuse new attributes
+(BUILD could otherwise set attributes that torch's legacy loader reads, e.g. `dump_patches`,
+which makes it write a .patch file), stub classes are made afresh for each file, and the
+legacy format's pickled-module records ('module' persistent ids, whole nn.Modules, never a
+state dict) are refused. The idea follows torch's
 own `weights_only=True` unpickler (torch/_weights_only_unpickler.py), which refuses every
 unknown global instead: the robustness library's files (saved with dill) hold some.
 
@@ -40,7 +45,14 @@ class HostilePickle(pickle.UnpicklingError):
     """The pickle names a callable that can run code; raised before anything is called."""
 
 
-class ForeignStub:
+class _FrozenClass(type):
+    """The metaclass of stubs: a pickle's BUILD cannot set attributes on a stub class."""
+
+    def __setattr__(cls, name, value):
+        raise pickle.UnpicklingError(f"the pickle sets {name!r} on {cls.__name__}")
+
+
+class ForeignStub(metaclass=_FrozenClass):
     """An inert stand-in for an object of a class advfeat does not load.
 
     Calling, constructing, BUILD-ing or filling it only records the arguments.
@@ -61,7 +73,7 @@ class ForeignStub:
         self.__dict__["state"] = state
 
     def __call__(self, *args, **kwargs):
-        return stub_class(self.origin, "()")(*args, **kwargs)
+        return make_stub_class(f"{self.origin}()")(*args, **kwargs)
 
     def append(self, item):
         self.items.append(item)
@@ -76,15 +88,24 @@ class ForeignStub:
         return f"<stub of {self.origin}>"
 
 
-_STUBS: dict[str, type] = {}
+def make_stub_class(origin: str) -> type:
+    """A new stub class for the foreign global `origin` ("module.name")."""
+    return _FrozenClass("ForeignStub", (ForeignStub,), {"origin": origin})
 
 
-def stub_class(module: str, name: str) -> type:
-    """One stub class per foreign global name, so stubs of different classes stay apart."""
-    origin = f"{module}.{name}" if name != "()" else f"{module}()"
-    if origin not in _STUBS:
-        _STUBS[origin] = type(f"Stub[{origin}]", (ForeignStub,), {"origin": origin})
-    return _STUBS[origin]
+class _Frozen:
+    """An allowlisted function, as a callable whose attributes a pickle cannot change."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function):
+        object.__setattr__(self, "_function", function)
+
+    def __setattr__(self, name, value):
+        raise pickle.UnpicklingError(f"the pickle sets {name!r} on an allowlisted function")
+
+    def __call__(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored, **_ignored_kw):
@@ -120,10 +141,10 @@ def _reconstructor(cls, base, state):
 
 SAFE_GLOBALS = {
     "collections.OrderedDict": OrderedDict,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_tensor": _Frozen(_rebuild_tensor),
+    "torch._utils._rebuild_tensor_v2": _Frozen(_rebuild_tensor),
+    "torch._utils._rebuild_parameter": _Frozen(_rebuild_parameter),
+    "torch._utils._rebuild_parameter_with_state": _Frozen(_rebuild_parameter),
     "torch.Size": torch.Size,
     "torch.device": torch.device,
     "builtins.set": set,
@@ -131,8 +152,8 @@ SAFE_GLOBALS = {
     "builtins.slice": slice,
     "builtins.complex": complex,
     "builtins.object": object,
-    "_codecs.encode": _encode_latin1,
-    "copyreg._reconstructor": _reconstructor,
+    "_codecs.encode": _Frozen(_encode_latin1),
+    "copyreg._reconstructor": _Frozen(_reconstructor),
 }
 
 # Modules (and torch names) whose callables can run code, read or write files, or load more
@@ -159,6 +180,25 @@ def runs_code(module: str, name: str) -> bool:
 class RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler whose globals are allowlisted, refused, or stubbed (module docstring)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stubs: dict[str, type] = {}
+
+    @property
+    def persistent_load(self):
+        return self._torch_persistent_load
+
+    @persistent_load.setter
+    def persistent_load(self, torch_persistent_load):
+        """torch.load installs its storage loader here; records of pickled modules are refused."""
+        def load(saved_id):
+            if isinstance(saved_id, tuple) and saved_id and saved_id[0] in ("module", b"module"):
+                raise pickle.UnpicklingError("a pickled nn.Module (not a state dict); refused")
+            return torch_persistent_load(saved_id)
+
+        self._torch_persistent_load = torch_persistent_load
+        pickle.Unpickler.persistent_load.__set__(self, load)
+
     def find_class(self, module: str, name: str):
         full = f"{module}.{name}"
         if full in SAFE_GLOBALS:
@@ -167,7 +207,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if runs_code(module, name):
             raise HostilePickle(full)
-        return stub_class(module, name)
+        if full not in self._stubs:
+            self._stubs[full] = make_stub_class(full)
+        return self._stubs[full]
 
 
 def _restricted_load(file, **kwargs):
