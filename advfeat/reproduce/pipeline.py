@@ -26,7 +26,10 @@ STAGE_FORMAT = 2  # bump to invalidate every stored stage
 # Code that only presents or checks results, by path inside the package (a folder ends in
 # "/"): editing it must not recompute any stage. Paths, not file names, so that a module moved
 # into a package, or a new module that happens to share a name, is never silently left out.
-PRESENTATION = ("cli.py", "report.py", "report/", "doctor.py", "doctor/", "claims.py", "stats.py", "paper.py")
+# presets.py is data whose every value that computes enters the stages' settings (and so their
+# keys); its prose (descriptions, deviations) must not recompute anything either.
+PRESENTATION = ("cli.py", "report.py", "report/", "doctor.py", "doctor/", "claims.py", "stats.py", "paper.py",
+                "presets.py")
 
 
 def is_presentation(relative: str) -> bool:
