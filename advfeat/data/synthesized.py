@@ -127,6 +127,10 @@ class AdvfeatDatasetReader:
                       np.concatenate([p["source_index"] for p in parts]))
         source = {"format": self.name, "path": str(path.resolve()), "kind": card["kind"],
                   "digest": card["digest"], "test_from": card["source"]}
+        # The labels are in the synthesizing model's label space: its training data's class names.
+        classes = ((card.get("model") or {}).get("card") or {}).get("data", {}).get("classes")
+        if classes:
+            source["classes"] = classes
         return Dataset(train, None, source)
 
 
@@ -214,6 +218,11 @@ def attach_test_split(dataset: Dataset, test_data: str | Path | None, load) -> D
     else:
         raise UserError(f"{dataset.source['path']} has no test split; pass --test-data PATH (real CIFAR-10)")
     real = load(where)
+    if "classes" not in dataset.source:
+        dataset.classes = real.classes
+    elif len(dataset.classes) != len(real.classes):
+        raise UserError(f"{dataset.source['path']} has {len(dataset.classes)} classes but its test split "
+                        f"({where}) {len(real.classes)}")
     dataset.test = real.test
     dataset.source["test"] = {k: real.source.get(k) for k in ("format", "path", "digest")}
     return dataset
