@@ -465,3 +465,26 @@ def test_pixel_summary_counts_duplicates_and_non_finite_values():
     finite = np.where(np.isfinite(images), images, np.nan)
     assert summary["max"] == pytest.approx(float(np.nanmax(finite)))
     assert summary["mean_per_channel"] == pytest.approx(np.nanmean(finite, axis=(0, 2, 3)).tolist(), abs=1e-4)
+
+
+def test_d_det_synthesized_from_cifar100_keeps_its_100_classes(tmp_path):
+    from advfeat.checkpoint import load_model
+
+    write_cifar100(tmp_path / "c100", per_class=1)
+    for argv in (["train", "--data", str(tmp_path / "c100"), "--out", str(tmp_path / "model"), "--arch", "tiny",
+                  "--epochs", "1", "--quiet"],
+                 ["synth", "--kind", "det", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "c100"),
+                  "--out", str(tmp_path / "det"), "--steps", "2", "--device", "cpu", "--quiet"],
+                 ["inspect", str(tmp_path / "det"), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "i"),
+                  "--device", "cpu", "--quiet"],
+                 ["train", "--data", str(tmp_path / "det"), "--out", str(tmp_path / "on-det"), "--arch", "tiny",
+                  "--epochs", "1", "--quiet"]):
+        code, out, err = run_cli(*argv)
+        assert code == 0, (argv[0], err)
+    report = json.loads((tmp_path / "i" / "inspect.json").read_text())
+    card = json.loads((tmp_path / "det" / "dataset.json").read_text())
+    assert report["classes"] == [f"class_{c:03d}" for c in range(100)]
+    assert report["model"]["meaning"].startswith("target success")
+    # The synthesis measured its stored images' target success itself; inspect must agree.
+    assert report["model"]["agreement"] == pytest.approx(card["stats"]["stored_success"], abs=1e-6)
+    assert load_model(tmp_path / "on-det")[1]["num_classes"] == 100
