@@ -16,18 +16,16 @@ import pytest
 import torch
 
 from advfeat.kernels import eager as reference
+from advfeat.kernels.cases import KernelCase
 
 SHAPE = (1024, 3, 32, 32)
 EPS = {"l2_step": 0.5, "linf_step": 8 / 255}
 STEP = {"l2_step": 0.1, "linf_step": 2 / 255}
 
 
-def _inputs(device):
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.rand(SHAPE, generator=gen)
-    x = (x0 + 0.01 * torch.randn(SHAPE, generator=gen)).clamp(0, 1)
-    grad = torch.randn(SHAPE, generator=gen)
-    return x.to(device), x0.to(device), grad.to(device)
+def _args(op: str, device: str) -> tuple:
+    """(x, x0, grad, step, eps) from the kernel case table's input maker (advfeat/kernels/cases.py)."""
+    return KernelCase(f"bench/{op}", op, SHAPE, step=STEP[op], eps=EPS[op]).inputs(device)
 
 
 def _torchattacks_l2_step(x, x0, grad, step_size, eps):
@@ -53,8 +51,7 @@ UNFUSED = {"l2_step": _torchattacks_l2_step, "linf_step": _torchattacks_linf_ste
 
 
 def _run(benchmark, op, impl_name, fn, device):
-    x, x0, grad = _inputs(device)
-    args = (x, x0, grad, STEP[op], EPS[op])
+    args = _args(op, device)
     benchmark.group = f"{op}-{device}"
     benchmark.extra_info.update(impl=impl_name, shape=list(SHAPE), device=device)
     fn(*args)  # warm-up (compilation, autotuning caches)

@@ -13,7 +13,7 @@ if [ -s "$DATA/cifar10-jpeg-train.tar.gz" ]; then
 else
     say "no CIFAR-10 in $DATA: the doctor uses synthetic images (its accuracies then mean nothing)"
 fi
-run_limited "$(( $(left) - 10 ))" $PY -m advfeat.doctor --out "$OUT_DIR/doctor-$GPU" "${data_flag[@]}" "$@"
+run_limited "$(( $(left) - 10 ))" $PY -m advfeat doctor --out "$OUT_DIR/doctor-$GPU" "${data_flag[@]}" "$@"
 rc=$?
 cp "$LOG" "$OUT_DIR/doctor-$GPU/doctor.log" 2>/dev/null
 case "$rc" in

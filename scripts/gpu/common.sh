@@ -26,7 +26,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d "$REPO/.cache/site" ]; then export PYTHONPATH="$PYTHONPATH:$REPO/.cache/site"; fi
 mkdir -p "$OUT_DIR" "$STATE" "$ADVFEAT_CACHE"
 
-# The GPU's name as a file-name slug, as advfeat.doctor.device_slug makes it ("nvidia-h100-80gb-hbm3").
+# The GPU's name as a file-name slug, as advfeat.runtime.device_slug makes it ("nvidia-h100-80gb-hbm3").
 gpu_slug() {
     local name=""
     if command -v nvidia-smi >/dev/null 2>&1; then
