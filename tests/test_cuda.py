@@ -9,48 +9,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advfeat import kernels
 from advfeat.attacks import make_threat, pgd
-from advfeat.kernels import eager as reference
+from advfeat.kernels import cases
 from advfeat.models import create_model
-from advfeat.runtime import prepare_model
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("batch", [1, 7, 129])
-@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_triton_kernels_match_the_reference_on_cuda(batch, grad_dtype, layout, norm, monkeypatch):
+# The kernel case table (advfeat/kernels/cases.py): its corner cases, and its grid of layouts, gradient
+# dtypes and eps kinds at odd batch sizes on CIFAR-sized images, as `advfeat doctor` runs it on a GPU.
+CUDA_CASES = (*cases.EDGE_CASES, *cases.grid((1, 7, 129)))
+
+
+@pytest.mark.parametrize("case", CUDA_CASES, ids=[c.name for c in CUDA_CASES])
+def test_triton_kernels_match_the_reference_on_cuda(case, monkeypatch):
     monkeypatch.setenv("ADVFEAT_KERNELS", "triton")
-    g = torch.Generator(device=CUDA).manual_seed(batch)
-    shape = (batch, 3, 32, 32)
-    x0 = torch.rand(shape, generator=g, device=CUDA).contiguous(memory_format=layout)
-    x = (x0 + 0.05 * torch.randn(shape, generator=g, device=CUDA)).clamp(0, 1).contiguous(memory_format=layout)
-    grad = torch.randn(shape, generator=g, device=CUDA).to(grad_dtype).contiguous(memory_format=layout)
-    eps = torch.rand(batch, generator=g, device=CUDA) * 0.5
-    step, ref_step = (kernels.l2_step, reference.l2_step) if norm == "l2" else (kernels.linf_step, reference.linf_step)
-    for e in (0.3, eps):
-        torch.testing.assert_close(step(x, x0, grad, 0.1, e), ref_step(x, x0, grad, 0.1, e), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(kernels.batch_l2_norm(grad), reference.batch_l2_norm(grad), atol=1e-4, rtol=1e-5)
-
-
-def _trained_tiny(device):
-    from advfeat.data import load_dataset, make_loader
-    from advfeat.settings import TrainConfig
-    from advfeat.training import train_epoch
-
-    torch.manual_seed(0)
-    data = load_dataset(_data(), subset=3000, test_subset=500, seed=0)
-    model = prepare_model(create_model("tiny"), device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
-    config = TrainConfig(arch="tiny", epochs=2, lr=0.2, schedule="onecycle")
-    loader = make_loader(data, "train", batch_size=128, device=device, shuffle=True, augment="crop-flip")
-    for epoch in range(2):
-        train_epoch(model, model, loader, optimizer, config, epoch, device, None, progress=False)
-    return model.eval(), data
+    assert cases.compare([case], CUDA)[case.name] <= cases.TOLERANCE
 
 
 def _data():
@@ -62,10 +37,14 @@ def _data():
 
 
 @pytest.fixture(scope="module")
-def tiny_on_cuda():
+def tiny_on_cuda(tmp_path_factory):
+    """The tiny net trained on CUDA for two epochs on 3,000 real images (training.train_tiny), and 500 test images."""
+    from advfeat.data import load_dataset
     from advfeat.evaluation import split_tensors
+    from advfeat.training import train_tiny
 
-    model, data = _trained_tiny(CUDA)
+    data = load_dataset(_data(), subset=3000, test_subset=500, seed=0)
+    model, _ = train_tiny(data, tmp_path_factory.mktemp("tiny-cuda"), device=CUDA, epochs=2, seed=0)
     x, y = split_tensors(data.test, CUDA)
     return model, x, y
 
