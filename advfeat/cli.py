@@ -73,7 +73,8 @@ def _add_name_flag(p) -> None:
 
 
 def _add_data_flags(p, subset: bool = True) -> None:
-    p.add_argument("--data", help="CIFAR-10 in any supported form (default: $ADVFEAT_DATA, else download)")
+    p.add_argument("--data", help="CIFAR-10 (default: $ADVFEAT_DATA, else download) or another dataset: CIFAR-100, "
+                                  "SVHN, image folders, Restricted ImageNet, ... (docs/data.md)")
     _add_name_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, order, augmentation, attacks")
