@@ -10,13 +10,17 @@ before any run, from the claims' own words: "far above" is 10 points, "well" or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
-from advfeat.stats import (Interval, combine, correlation_interval, mean_interval, paired_difference_interval,
-                           shift, verdict, wilson_interval)
+from advfeat.stats import (BOOT_SEED, FAILS, HOLDS, INCONCLUSIVE, N_BOOT, Interval, bootstrap_p, combine,
+                           correlation_interval, holm, leave_one_out, mean_interval, ols_slope,
+                           paired_difference_interval, percentile_interval, p_from_t_interval, shift,
+                           spearman_exact_test, two_level_replicates, verdict, wilson_interval)
 
 CHANCE = 0.10  # ten classes
 
@@ -183,3 +187,290 @@ def judge(outcomes: Outcomes, eps: float = 0.25, claims: tuple[Claim, ...] | Non
         judged.append({"id": claim.id, "statement": claim.statement, "paper": claim.paper, "parts": parts,
                        "verdict": combine([p["verdict"] for p in parts])})
     return judged
+
+
+# =========================================================================== rules that can fail
+#
+# Issue 19's rules: each part names the rival explanation it rules out (`rival`), and the rule
+# is one the rival would fail. Effects are linear combinations (or, for D_R's share, a ratio)
+# of per-model mean accuracies, computed from per-image correctness [seeds, images]; every
+# effect's interval is the two-level bootstrap over seeds and test images, paired (one set of
+# draws for every model: stats.two_level_replicates), and its verdict follows stats.verdict.
+# Student's t interval over the per-seed effects stands beside it (t_interval, S >= 2), and the
+# one-sided bootstrap p for the rule (stats.bootstrap_p) feeds Holm's family statement (`holm_family`).
+
+NOT_JUDGED_DISTILL = "not judged (needs --extra distill)"
+NOT_JUDGED = "not judged"
+SHOWN = "shown (not judged)"
+PAPER_DR_SHARE = (0.4827 - 0.0449) / (0.823 - 0.0449)  # (48.3 - 4.5) / (82.3 - 4.5) = 56%, advfeat.paper
+PROBES = {"rand": "the robust network's features", "linear-rand": "a robust linear model's features (Goh's)"}
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One judged part: the effect, its interval, the rule (direction, margin) and the verdict."""
+    claim: str  # claim id (Claim.id above, or "adversarial-training" for the precondition)
+    part: str  # the effect, in words
+    effect: float | None
+    interval: Interval | None  # two-level bootstrap: the verdict's interval
+    margin: float
+    direction: str  # "above" or "below" (stats.verdict)
+    verdict: str  # holds / does not hold / inconclusive / not judged (...) / shown (not judged)
+    rival: str  # the rival explanation this rule rules out, in one sentence
+    eps: float | None = None  # the eps of robust accuracy in the effect (None: clean accuracy only)
+    counted: bool = True  # False: a precondition or a quantity shown, not a claim of the paper
+    p: float | None = None  # one-sided p for the rule: Holm's input
+    t_interval: Interval | None = None  # Student's t over the per-seed effects, shown beside
+    reference: float | None = None  # the paper's value where it has one
+    note: str = ""  # e.g. that this eps is the preset's deviation
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return d | {k: d[k].to_dict() if d[k] else None for k in ("interval", "t_interval")}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Plain inputs of the rules.
+
+    correct: (model, metric) -> per-image correctness [S seeds, N test images] (bool), every
+        array on the same S seeds and N images. Models are the report's keys ("standard",
+        "robust", "r", "nr", "rand", "det", optionally "r-noise"); metrics "clean" and
+        "robust@<eps>" (an image counts when the attack failed on it).
+    leakage: probe ("rand", "linear-rand") -> the probe's test accuracy when trained on D_rand,
+        per seed [S] or per image [S, N]; None when the Distill `leakage` stage did not run.
+    fig3: architecture -> (mean transfer success rate, mean accuracy trained on D_det) over seeds.
+    """
+    correct: dict
+    leakage: dict | None = None
+    fig3: dict | None = None
+
+    def has(self, *keys) -> bool:
+        return all(k in self.correct for k in keys)
+
+
+def _stack(evidence: Evidence, keys: list) -> np.ndarray:
+    """[M, S, N] of the keys' per-image values; a leakage probe's per-seed accuracy [S] becomes a
+    row of constants, its accuracy taken as known per seed (its own test-image noise is then
+    left out of the interval; per-image probe outcomes [S, N] avoid that)."""
+    s, n = next(iter(evidence.correct.values())).shape
+    rows = []
+    for key in keys:
+        v = np.asarray(evidence.leakage[key[1]] if key[0] == "probe" else evidence.correct[key], dtype=float)
+        rows.append(np.repeat(v[:, None], n, axis=1) if v.ndim == 1 else v)
+    return np.stack(rows)
+
+
+def _measure(evidence: Evidence, keys: list, effect: Callable, n_boot: int, seed: int):
+    """(point, two-level bootstrap interval, replicates, t interval over seeds) of effect(means),
+    where means[i] is key i's mean accuracy: an array of replicates, of per-seed means, or a number."""
+    values = _stack(evidence, keys)
+    replicates = effect(list(two_level_replicates(values, n_boot, seed).T))
+    point = float(effect([v.mean() for v in values]))
+    per_seed = effect([v.mean(axis=1) for v in values])
+    method = f"{values.shape[1]} seeds x {values.shape[2]} test images, paired two-level bootstrap"
+    interval = percentile_interval(replicates, point, method, values.shape[1])
+    t = mean_interval(per_seed) if values.shape[1] >= 2 else None
+    return point, interval, replicates, t
+
+
+def _part(evidence: Evidence, claim: str, part: str, keys: list, effect: Callable, direction: str, margin: float,
+          rival: str, eps: float | None = None, n_boot: int = N_BOOT, seed: int = BOOT_SEED, **extra) -> Judged:
+    point, interval, replicates, t = _measure(evidence, keys, effect, n_boot, seed)
+    return Judged(claim, part, point, interval, margin, direction, verdict(interval, direction, margin), rival, eps,
+                  p=bootstrap_p(replicates, margin, direction), t_interval=t, **extra)
+
+
+def _not_judged(claim: str, part: str, margin: float, direction: str, rival: str, why: str,
+                eps: float | None = None) -> Judged:
+    return Judged(claim, part, None, None, margin, direction, why, rival, eps)
+
+
+def _r(eps: float) -> str:
+    return f"robust@{eps:g}"
+
+
+def adversarial_training_precondition(ev: Evidence, eps: float, **kw) -> list[Judged]:
+    """Shown, not counted: the rules below presume the attack tells robust models apart."""
+    j = _part(ev, "adversarial-training", f"robust acc. (adversarial) - robust acc. (standard), eps {eps:g}",
+              [("robust", _r(eps)), ("standard", _r(eps))], lambda m: m[0] - m[1], "above", 0.10,
+              "the attack cannot tell robust models apart (then adversarial training would show no gain)", eps, **kw)
+    return [replace(j, counted=False, note="a precondition, not a claim of the paper")]
+
+
+def robust_features_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
+    """D_R: more robust than D_NR and than standard training; its share of adversarial training's gain."""
+    r = _r(eps)
+    return [
+        _part(ev, "robust-features", f"robust acc. (D_R) - robust acc. (D_NR), eps {eps:g}", [("r", r), ("nr", r)],
+              lambda m: m[0] - m[1], "above", 0.05,
+              "inversion itself, not the robust model's features, sets robustness (then D_R = D_NR)", eps, **kw),
+        _part(ev, "robust-features", f"robust acc. (D_R) - robust acc. (standard on D), eps {eps:g}",
+              [("r", r), ("standard", r)], lambda m: m[0] - m[1], "above", 0.05,
+              "D_R is merely as robust as ordinary training (then D_R - standard <= 0)", eps, **kw),
+        dr_share(ev, eps, **kw)]
+
+
+def dr_share(ev: Evidence, eps: float, **kw) -> Judged:
+    """(D_R - standard) / (adversarial - standard) robust accuracy, beside the paper's 56%; shown."""
+    r = _r(eps)
+    j = _part(ev, "robust-features", f"D_R's share of adversarial training's robustness gain, eps {eps:g}",
+              [("r", r), ("standard", r), ("robust", r)], lambda m: (m[0] - m[1]) / (m[2] - m[1]), "above", 0.0,
+              "shown beside the paper's 56% (ResNet-50, eps 0.25); no rule", eps, **kw)
+    return replace(j, verdict=SHOWN, counted=False, p=None, reference=PAPER_DR_SHARE)
+
+
+def non_robust_features_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
+    """D_NR keeps at least half of standard training's gain over chance, and is less robust than it."""
+    half_gain = _part(ev, "non-robust-features-accuracy",
+                      "clean acc. (D_NR) - chance - half of (clean acc. (standard) - chance)",
+                      [("nr", "clean"), ("standard", "clean")], lambda m: m[0] - CHANCE - (m[1] - CHANCE) / 2,
+                      "above", 0.0, "D_NR teaches little: its accuracy is a remnant of what survived inversion",
+                      **kw)
+    return [half_gain, less_robust_than_standard(ev, eps, **kw)]
+
+
+def less_robust_than_standard(ev: Evidence, eps: float, **kw) -> Judged:
+    r = _r(eps)
+    return _part(ev, "non-robust-features-accuracy", f"robust acc. (D_NR) - robust acc. (standard on D), eps {eps:g}",
+                 [("nr", r), ("standard", r)], lambda m: m[0] - m[1], "below", 0.0,
+                 "D_NR is D in disguise (the inversion changed nothing): then it is as robust as standard training",
+                 eps, **kw)
+
+
+def d_rand_rules(ev: Evidence, **kw) -> list[Judged]:
+    """D_rand: above chance, and above what a probe on robust features learns from D_rand."""
+    parts = [_part(ev, "non-robust-features-suffice", "clean acc. (D_rand) - chance (10%)", [("rand", "clean")],
+                   lambda m: m[0] - CHANCE, "above", 0.05, "D_rand's mislabeled images teach nothing", **kw)]
+    for probe, features in PROBES.items():
+        part = f"clean acc. (D_rand) - acc. of a linear probe on {features} trained on D_rand"
+        rival = "robust features leaking into D_rand explain its accuracy (a probe on them learns as much)"
+        if ev.leakage is None or probe not in ev.leakage:
+            parts.append(_not_judged("non-robust-features-suffice", part, 0.05, "above", rival, NOT_JUDGED_DISTILL))
+            continue
+        parts.append(_part(ev, "non-robust-features-suffice", part, [("rand", "clean"), ("probe", probe)],
+                           lambda m: m[0] - m[1], "above", 0.05, rival, **kw))
+    return parts
+
+
+def d_det_rules(ev: Evidence, **kw) -> list[Judged]:
+    return [_part(ev, "against-robust-features", "clean acc. (D_det) - chance (10%)", [("det", "clean")],
+                  lambda m: m[0] - CHANCE, "above", 0.05,
+                  "only robust features were learned: they say y where D_det's label is y+1, so accuracy on the true "
+                  "labels would fall below chance", **kw)]
+
+
+def dr_from_noise_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
+    """D_R inverted from noise (--extra distill): more robust than D_NR and than standard training."""
+    r, parts = _r(eps), []
+    for other, label in (("nr", "D_NR"), ("standard", "standard on D")):
+        part = f"robust acc. (D_R from noise) - robust acc. ({label}), eps {eps:g}"
+        rival = f"robustness comes from the inversion, not the robust features (then as robust as {label})"
+        if not ev.has(("r-noise", r), (other, r)):
+            parts.append(_not_judged("dr-from-noise", part, 0.05, "above", rival, NOT_JUDGED_DISTILL, eps))
+            continue
+        parts.append(_part(ev, "dr-from-noise", part, [("r-noise", r), (other, r)], lambda m: m[0] - m[1], "above",
+                           0.05, rival, eps, **kw))
+    return parts
+
+
+FIG3 = "transfer-tracks-learnability"
+ALPHA = 0.05
+
+
+def figure3_rules(fig3: dict | None) -> list[Judged]:
+    """Over k architecture means (transfer rate x, accuracy trained on D_det y): Spearman's rho
+    with its exact one-sided p (k <= 8), the OLS slope's t interval, and leave-one-out."""
+    rivals = ("the ordering is chance: k architectures fall in this order with probability p",
+              "no linear trend: D_det accuracy does not rise with transfer rate (slope <= 0)",
+              "the trend rests on one architecture or two clusters (dropping one point removes it)")
+    parts = ("Spearman's rho over architecture means (exact permutation p <= 0.05)",
+             "OLS slope of D_det accuracy on transfer rate over architecture means",
+             "leave one architecture out: smallest rho (every rho and slope must stay > 0)")
+    points = sorted((fig3 or {}).items())
+    if len(points) < 4:
+        why = f"{NOT_JUDGED}: {len(points)} architectures, the rules need at least 4 (6 planned)"
+        return [_not_judged(FIG3, part, 0.0, "above", rival, why) for part, rival in zip(parts, rivals)]
+    names, x, y = [n for n, _ in points], [p[0] for _, p in points], [p[1] for _, p in points]
+    rho, p = spearman_exact_test(x, y)
+    rank_verdict = HOLDS if p <= ALPHA else FAILS if not rho > 0 else INCONCLUSIVE
+    slope = ols_slope(x, y)
+    drops = leave_one_out(x, y, names)
+    loo_ok = all(d["rho"] > 0 and d["slope"] > 0 for d in drops)
+    weakest = min(drops, key=lambda d: (d["rho"] if d["rho"] == d["rho"] else -2))
+    return [
+        Judged(FIG3, parts[0], rho, None, ALPHA, "above", rank_verdict, rivals[0], p=p,
+               note=f"{len(x)} architectures, {math.factorial(len(x))} orderings"),
+        Judged(FIG3, parts[1], slope.estimate, slope, 0.0, "above", verdict(slope, "above", 0.0), rivals[1],
+               p=p_from_t_interval(slope, 0.0, "above", dof=len(x) - 2)),
+        Judged(FIG3, parts[2], weakest["rho"], None, 0.0, "above", HOLDS if loo_ok else FAILS, rivals[2],
+               note="; ".join(f"without {d['dropped']}: rho {d['rho']:.2f}, slope {d['slope']:.2f}" for d in drops)),
+    ]
+
+
+def judge_parts(evidence: Evidence, eps: tuple = (0.25,), preset_note: str = "", n_boot: int = N_BOOT,
+                seed: int = BOOT_SEED) -> list[Judged]:
+    """Every rule on plain inputs. Robustness parts are judged at each eps in `eps`: the paper's
+    0.25 first (the primary column); any other is the preset's own, marked with preset_note
+    (the deviation and its reason). Parts for models the evidence lacks are "not judged"."""
+    kw = {"n_boot": n_boot, "seed": seed}
+    parts = []
+    for e in eps:
+        note = "" if e == 0.25 else f"deviation: the preset's eps. {preset_note}".strip()
+        at_eps = (adversarial_training_precondition(evidence, e, **kw) + robust_features_rules(evidence, e, **kw)
+                  + [less_robust_than_standard(evidence, e, **kw)] + dr_from_noise_rules(evidence, e, **kw))
+        parts += [replace(j, note=f"{j.note}; {note}".strip("; ")) if note else j for j in at_eps]
+    half_gain = non_robust_features_rules(evidence, eps[0], **kw)[0]
+    parts += [half_gain] + d_rand_rules(evidence, **kw) + d_det_rules(evidence, **kw) + figure3_rules(evidence.fig3)
+    return parts
+
+
+def claim_verdicts(parts: list[Judged], eps: float = 0.25) -> dict[str, str]:
+    """Each claim's verdict at one eps from its counted parts (clean-only parts count at every eps):
+    holds if every part holds, does not hold if any fails; a part not judged counts as inconclusive."""
+    by_claim: dict[str, list[str]] = {}
+    for j in parts:
+        if j.counted and (j.eps is None or j.eps == eps):
+            by_claim.setdefault(j.claim, []).append(j.verdict if j.verdict in (HOLDS, FAILS) else INCONCLUSIVE)
+    return {claim: combine(verdicts) for claim, verdicts in by_claim.items()}
+
+
+def holm_family(parts: list[Judged], eps: float = 0.25, alpha: float = ALPHA) -> dict:
+    """Holm's step-down over the counted parts at one eps that have a p-value (the rules'
+    one-sided p: bootstrap for effects, exact for Spearman, t for the slope; leave-one-out and
+    parts not judged have none and are not in the family). Returns the adjusted p per part,
+    which "holds" survive, and a one-sentence statement."""
+    family = [j for j in parts if j.counted and j.p is not None and (j.eps is None or j.eps == eps)]
+    adjusted, rejected = holm([j.p for j in family], alpha) if family else ([], [])
+    holds = [j for j in family if j.verdict == HOLDS]
+    survive = [j for j, r in zip(family, rejected) if r and j.verdict == HOLDS]
+    statement = (f"Holm's step-down over the {len(family)} judged parts at eps {eps:g} (family-wise alpha {alpha:g}, "
+                 f"one-sided p per part): {len(survive)} of the {len(holds)} parts that hold stay significant.")
+    return {"alpha": alpha, "eps": eps, "parts": [(j.claim, j.part) for j in family], "adjusted_p": adjusted,
+            "rejected": rejected, "holds": len(holds), "holds_surviving": len(survive), "statement": statement}
+
+
+def evidence_from_outcomes(outcomes: Outcomes, eps: tuple) -> Evidence:
+    """The rules' plain inputs from a reproduction's stage results (the report's Outcomes)."""
+    correct = {}
+    for model in outcomes.evals:
+        for metric in ("clean", *(_r(e) for e in eps)):
+            try:
+                correct[(model, metric)] = np.stack([outcomes.per_image(model, metric, s) for s in outcomes.seeds])
+            except (KeyError, StopIteration):  # a model evaluated without this eps
+                continue
+    leakage = outcomes.stages.get("leakage")
+    if leakage:
+        leakage = {probe: np.array([leakage[s][probe] for s in outcomes.seeds]) for probe in PROBES
+                   if all(s in leakage and leakage[s].get(probe) is not None for s in outcomes.seeds)}
+    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3))
+
+
+def figure3_means(fig3: dict) -> dict:
+    """architecture -> (mean transfer rate, mean accuracy trained on D_det) over the seeds."""
+    points: dict[str, list] = {}
+    for result in fig3.values():
+        for p in result["points"]:
+            if p["transfer_rate"] is not None:
+                points.setdefault(p["arch"], []).append((p["transfer_rate"], p["det_accuracy"]))
+    return {arch: tuple(np.mean(v, axis=0).tolist()) for arch, v in points.items()}

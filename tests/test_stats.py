@@ -10,8 +10,9 @@ from scipy import stats as sps
 
 from advfeat.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, bootstrap_p,
                            bootstrap_paired_difference, combine, correlation_interval, holm, leave_one_out,
-                           mean_interval, ols_slope, paired_difference_interval, percentile_interval, seed_replicates,
-                           shift, spearman_exact_test, t_test_p, two_level_replicates, verdict, wilson_interval)
+                           mean_interval, ols_slope, p_from_t_interval, paired_difference_interval,
+                           percentile_interval, seed_replicates, shift, spearman_exact_test, t_test_p,
+                           two_level_replicates, verdict, wilson_interval)
 
 
 def test_t_interval_by_hand():
@@ -254,3 +255,15 @@ def test_leave_one_out_finds_the_point_a_trend_rests_on():
     assert all(drops[n]["slope"] > 0 for n in "abcde")
     with pytest.raises(ValueError):
         leave_one_out([1, 2, 3], [1, 2, 3], list("abc"))
+
+
+def test_p_from_a_t_interval_is_the_t_test_p():
+    values = [0.12, 0.08, 0.15, 0.10]
+    for margin, direction in ((0.05, "above"), (0.2, "below"), (0.11, "above")):
+        assert p_from_t_interval(mean_interval(values), margin, direction) == pytest.approx(
+            t_test_p(values, margin, direction))
+    x = np.array([0.1, 0.2, 0.35, 0.5, 0.7, 0.9])
+    y = 2 * x + np.array([0.05, -0.03, 0.02, -0.04, 0.01, 0.0])
+    slope = ols_slope(x, y)
+    expected = sps.linregress(x, y, alternative="greater").pvalue
+    assert p_from_t_interval(slope, 0.0, "above", dof=4) == pytest.approx(expected)
