@@ -331,3 +331,14 @@ def test_analyse_finds_a_useful_non_robust_feature_on_a_toy():
     assert judged["verdict"] == "holds"
     rows = result["containment"]["rows"]
     assert rows[-1]["alpha"] == 1.0 and rows[-1]["test_robust_usefulness"] > rows[0]["test_robust_usefulness"]
+
+
+def test_gram_route_gives_the_second_moments_eigenfeatures():
+    from advfeat.discussion.eigenfeatures import eigenfeatures, eigenfeatures_of_data, second_moment
+
+    x, _ = _toy_images(n=25, d=40)  # n < d: the Gram route
+    values, vectors = eigenfeatures_of_data(x, 1e-9)
+    ref_values, ref_vectors = eigenfeatures(second_moment(x), 1e-9)
+    assert len(values) == len(ref_values) == 25
+    assert torch.allclose(values, ref_values, rtol=1e-8)
+    assert torch.allclose((vectors * ref_vectors).sum(0).abs(), torch.ones(25, dtype=torch.float64), atol=1e-6)

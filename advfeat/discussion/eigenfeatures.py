@@ -101,6 +101,17 @@ def eigenfeatures(moment: torch.Tensor, rank_tolerance: float) -> tuple[torch.Te
     return values[keep][order], vectors[:, keep][:, order]
 
 
+def eigenfeatures_of_data(x: torch.Tensor, rank_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """eigenfeatures(second_moment(x)), through the n x n Gram matrix when n < d (the same
+    nonzero eigenvalues; eigenvectors x^T u / sqrt(n l)): 3,072 x 3,072 costs more."""
+    x = x.flatten(1).double()
+    n, d = x.shape
+    if n >= d:
+        return eigenfeatures(second_moment(x), rank_tolerance)
+    values, u = eigenfeatures(x @ x.T / n, rank_tolerance)
+    return values, x.T @ u / torch.sqrt(n * values)
+
+
 def eigen_table(x, y, moment, vectors) -> np.ndarray:
     """Per eigenfeature (columns of `vectors`): E[y f_i] on (x, y)."""
     f = x.flatten(1).double() @ vectors / torch.sqrt(torch.einsum("di,de,ei->i", vectors, moment, vectors))
@@ -131,18 +142,20 @@ def analyse(settings: EigenSettings, train, test) -> dict:
     ensemble and the containments."""
     x, y = train
     moment = second_moment(x)
-    values, vectors = eigenfeatures(moment, settings.rank_tolerance)
+    values, vectors = eigenfeatures_of_data(x, settings.rank_tolerance)
     train_use = eigen_table(x, y, moment, vectors)
     signs = np.where(train_use >= 0, 1.0, -1.0)
     vectors = vectors * torch.from_numpy(signs)  # each feature points the useful way on training images
     train_use, test_use = np.abs(train_use), eigen_table(*test, moment, vectors)
     fragility = (1 / torch.sqrt(values)).numpy()
     eps = settings.eps
-    # The claim's feature, chosen on training images only: useful, and not robust at eps.
+    # The claim's feature, chosen on training images only: useful, and not robust at eps, with
+    # the larger of the two margins (usefulness, and eps * non-robustness - usefulness) largest.
     candidates = np.flatnonzero((train_use >= settings.min_usefulness) & (train_use - eps * fragility < 0))
     chosen = None
     if len(candidates):
-        i = int(candidates[np.argmax(train_use[candidates])])
+        margins = np.minimum(train_use, eps * fragility - train_use)[candidates]
+        i = int(candidates[np.argmax(margins)])
         per_image = (test[1].double() * feature_values(vectors[:, i], test[0], moment)).numpy()
         chosen = {"index": i, "eigenvalue": float(values[i]), "non_robustness": float(fragility[i]),
                   "train_usefulness": float(train_use[i]), "test_usefulness": float(per_image.mean()),
