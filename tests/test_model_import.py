@@ -141,7 +141,8 @@ def foreign_object():
     """An instance of a class from a throwaway module that no longer exists when the file is read
     (as dill/cox objects are for advfeat)."""
     module = types.ModuleType("advfeat_throwaway_args")
-    exec("class Parameters:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n", module.__dict__)
+    source = "class Parameters:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n"
+    exec(source, module.__dict__)  # noqa: S102  (a throwaway module)
     sys.modules[module.__name__] = module
     return module.Parameters(arch="resnet18", eps=0.5, constraint="2")
 
@@ -297,7 +298,7 @@ def test_stub_calls_never_run_code(tmp_path):
     from advfeat.models.safe_pickle import RestrictedUnpickler
 
     module = types.ModuleType("advfeat_throwaway_payload")
-    exec("import pathlib\ndef run_me(path):\n    pathlib.Path(path).touch()\n"
+    exec("import pathlib\ndef run_me(path):\n    pathlib.Path(path).touch()\n"  # noqa: S102
          "class Payload:\n    def __init__(self, path):\n        self.path = path\n"
          "    def __reduce__(self):\n        return run_me, (self.path,)\n", module.__dict__)
     sys.modules[module.__name__] = module
@@ -407,8 +408,9 @@ def test_wrapped_model_is_attacked_like_torchattacks_does(wrapped_resnet18):
     """advfeat's PGD on the wrapped model against torchattacks' on the same function; APGD
     must break at least as much as PGD."""
     torchattacks = pytest.importorskip("torchattacks")
-    from advfeat.attacks import apgd, frozen_view, make_threat, pgd
     from conftest import ContiguousGradient
+
+    from advfeat.attacks import apgd, frozen_view, make_threat, pgd
 
     model, _ = wrapped_resnet18
     x = images(8, seed=2)
@@ -489,7 +491,7 @@ def robustbench_zoo(monkeypatch):
     enums = _load_file("robustbench.model_zoo.enums", root / "enums.py")
     wide_resnet = _load_file("robustbench_wide_resnet", root / "architectures" / "wide_resnet.py")
     zoo = types.ModuleType("robustbench.model_zoo")
-    build = lambda: wide_resnet.WideResNet(depth=10, widen_factor=1)  # noqa: E731  (Standard is 28-10)
+    build = lambda: wide_resnet.WideResNet(depth=10, widen_factor=1)  # Standard is 28-10
     zoo.model_dicts = {enums.BenchmarkDataset.cifar_10: {enums.ThreatModel.Linf: {
         "Standard": {"model": build, "gdrive_id": "not used"},
         "Ensemble": {"model": build, "gdrive_id": ["a", "b"]}}}}

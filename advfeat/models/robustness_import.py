@@ -143,12 +143,10 @@ def _densenet_name(key: str, positions: dict[str, int]) -> str:
     """conv1 -> trunk.0; dense layers' bn1/conv1/bn2/conv2 -> layer.{0,2,3,5}; trans's bn/conv -> {0,2}."""
     if key.startswith("conv1."):
         return "trunk.0." + key.removeprefix("conv1.")
-    if m := re.fullmatch(r"(dense\d\.\d+)\.(bn1|conv1|bn2|conv2)\.(\w+)", key):
-        if m[1] in positions:
-            return f"trunk.{positions[m[1]]}.layer.{('bn1', '', 'conv1', 'bn2', '', 'conv2').index(m[2])}.{m[3]}"
-    if m := re.fullmatch(r"(trans\d)\.(bn|conv)\.(\w+)", key):
-        if m[1] in positions:
-            return f"trunk.{positions[m[1]]}.{0 if m[2] == 'bn' else 2}.{m[3]}"
+    if (m := re.fullmatch(r"(dense\d\.\d+)\.(bn1|conv1|bn2|conv2)\.(\w+)", key)) and m[1] in positions:
+        return f"trunk.{positions[m[1]]}.layer.{('bn1', '', 'conv1', 'bn2', '', 'conv2').index(m[2])}.{m[3]}"
+    if (m := re.fullmatch(r"(trans\d)\.(bn|conv)\.(\w+)", key)) and m[1] in positions:
+        return f"trunk.{positions[m[1]]}.{0 if m[2] == 'bn' else 2}.{m[3]}"
     if m := re.fullmatch(r"bn\.(\w+)", key):
         return f"trunk.{positions['bn']}.{m[1]}"
     return re.sub(r"^linear\.", "head.", key)
@@ -164,9 +162,8 @@ def _inception_name(key: str) -> str:
                 if re.fullmatch(pattern, inner):
                     inner = re.sub(pattern, replacement, inner)
                     return f"trunk.{5 + INCEPTION_BLOCKS.index(block)}.{inner}.{int(layer == 'bn')}.{param}"
-    if m := re.fullmatch(r"(\w+)\.(conv|bn)\.(\w+)", key):
-        if m[1] in INCEPTION_STEM:
-            return f"trunk.{INCEPTION_STEM.index(m[1])}.{int(m[2] == 'bn')}.{m[3]}"
+    if (m := re.fullmatch(r"(\w+)\.(conv|bn)\.(\w+)", key)) and m[1] in INCEPTION_STEM:
+        return f"trunk.{INCEPTION_STEM.index(m[1])}.{int(m[2] == 'bn')}.{m[3]}"
     return re.sub(r"^linear\.", "head.", key)
 
 

@@ -76,7 +76,7 @@ def probe_last_linear(module: nn.Module, input_size: tuple[int, ...], num_classe
     try:
         module.eval()
         logits = module(torch.zeros(1, *input_size, device=device))
-    except Exception as err:  # any failure of foreign code on the declared input size
+    except Exception as err:  # noqa: BLE001  (any failure of foreign code on the declared input size)
         raise UserError(f"{name} does not run on input size {tuple(input_size)} ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     finally:
