@@ -146,7 +146,8 @@ def _eval(args: argparse.Namespace) -> None:
                           random_start=args.random_start, retire=args.retire, share=args.share,
                           batch_size=args.batch_size, compile=args.compile, cw_binary_steps=args.cw_binary_steps,
                           cw_lr=args.cw_lr, target_classes=args.target_classes, square=args.square,
-                          square_queries=args.square_queries)
+                          square_queries=args.square_queries, version=args.version,
+                          checkpoint_every=args.checkpoint_every)
         if any(not e >= 0 for e in args.eps):
             raise UserError(f"eps must be >= 0, got {' '.join(map(str, args.eps))}")
     model, card = load_model(args.model, device)
@@ -159,7 +160,12 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"{card['arch']} on {len(y)} test images: clean accuracy {result['clean']['accuracy']:.4f}")
     _appendix_d6(model, card, x, y, args.batch_size, result)
     if spec is not None:
-        result["attack"] = robust_accuracy(model, x, y, args.eps, spec, seed=args.seed, progress=not args.quiet)
+        # AutoAttack saves per-example results beside --out as it goes; a rerun resumes from them.
+        state = out.with_name(out.name + ".state.json") if out and spec.family == "autoattack" else None
+        if state is not None and state.exists() and not args.quiet:
+            print(f"  resuming from {state}")
+        result["attack"] = robust_accuracy(model, x, y, args.eps, spec, seed=args.seed, progress=not args.quiet,
+                                           state_path=state)
         for row in result["attack"]["robust"]:
             speed = f", {row['images_per_s']:.0f} images/s, {row['image_steps_per_s']:.0f} image-steps/s" \
                 if "images_per_s" in row else ""
@@ -168,6 +174,8 @@ def _eval(args: argparse.Namespace) -> None:
             print(f"  warning: {warning}")
     if out:
         write_json(out, result)
+        if spec is not None and spec.family == "autoattack":
+            out.with_name(out.name + ".state.json").unlink(missing_ok=True)  # the results are in --out now
 
 
 def _appendix_d6(model, card: dict, x, y, batch_size: int, result: dict) -> None:
@@ -204,7 +212,8 @@ def _add_eval(sub) -> None:
         add_setting(p, AttackSpec, name)
     add_setting(p, AttackSpec, "retire", action=argparse.BooleanOptionalAction)
     add_setting(p, AttackSpec, "share", action=argparse.BooleanOptionalAction)
-    for name in ("cw_binary_steps", "cw_lr", "target_classes", "square_queries", "batch_size"):
+    for name in ("cw_binary_steps", "cw_lr", "version", "target_classes", "square_queries", "checkpoint_every",
+                 "batch_size"):
         add_setting(p, AttackSpec, name)
     add_setting(p, AttackSpec, "square", action="store_true")
     add_setting(p, AttackSpec, "compile", action=argparse.BooleanOptionalAction)
