@@ -11,16 +11,15 @@ before any run, from the claims' own words: "far above" is 10 points, "well" or 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
 from advfeat.stats import (BOOT_SEED, FAILS, HOLDS, INCONCLUSIVE, N_BOOT, Interval, bootstrap_p, combine,
-                           correlation_interval, holm, leave_one_out, mean_interval, ols_slope,
-                           paired_difference_interval, percentile_interval, p_from_t_interval, shift,
-                           spearman_exact_test, two_level_replicates, verdict, wilson_interval)
+                           correlation_interval, holm, leave_one_out, mean_interval, ols_slope, p_from_t_interval,
+                           paired_difference_interval, percentile_interval, shift, spearman_exact_test,
+                           two_level_replicates, verdict, wilson_interval)
 
 CHANCE = 0.10  # ten classes
 
@@ -253,7 +252,7 @@ def _stack(evidence: Evidence, keys: list) -> np.ndarray:
     """[M, S, N] of the keys' per-image values; a leakage probe's per-seed accuracy [S] becomes a
     row of constants, its accuracy taken as known per seed (its own test-image noise is then
     left out of the interval; per-image probe outcomes [S, N] avoid that)."""
-    s, n = next(iter(evidence.correct.values())).shape
+    n = next(iter(evidence.correct.values())).shape[1]
     rows = []
     for key in keys:
         v = np.asarray(evidence.leakage[key[1]] if key[0] == "probe" else evidence.correct[key], dtype=float)

@@ -134,7 +134,7 @@ def test_figure3_two_clusters_fail_the_rank_rule_though_the_slope_rises():
     # The rival of issue 19: conv nets near (0.35, 0.35), other nets near (0.06, 0.06), no order within.
     clusters = {"a": (0.34, 0.37), "b": (0.35, 0.35), "c": (0.36, 0.33),
                 "d": (0.05, 0.08), "e": (0.06, 0.06), "f": (0.07, 0.04)}
-    rank, slope, loo = parts = figure3_rules(clusters)
+    rank, slope, _ = parts = figure3_rules(clusters)
     assert slope.verdict == HOLDS  # a line through two clusters rises...
     assert rank.verdict != HOLDS and rank.p > 0.05  # ...but the ordering is no better than chance
     assert claim_verdicts(parts)[FIG3] != HOLDS

@@ -158,7 +158,8 @@ def test_paired_difference_shares_every_draw_between_the_two_models():
     # Pairing narrows the interval when the models agree on most images.
     b_close = np.where(rng.random((3, 100)) < 0.9, a, ~a)
     paired = bootstrap_paired_difference(a, b_close)
-    apart = two_level_replicates(a, n_boot=2000, seed=5)[:, 0] - two_level_replicates(b_close, n_boot=2000, seed=6)[:, 0]
+    apart = (two_level_replicates(a, n_boot=2000, seed=5)[:, 0]
+             - two_level_replicates(b_close, n_boot=2000, seed=6)[:, 0])
     assert paired.high - paired.low < 0.7 * (np.quantile(apart, 0.975) - np.quantile(apart, 0.025))
 
 
