@@ -192,6 +192,31 @@ def test_import_resnet18_gives_identical_logits(resnet18, resnet18_files, tmp_pa
     assert card["normalization"]["matches_cifar10"] and card["normalization"]["from"] == "the checkpoint's normalizer"
 
 
+def test_imported_checkpoint_is_evaluated_and_synthesizes_d_r_from_the_cli(resnet18, resnet18_files, formats,
+                                                                           fixture_arrays, tmp_path):
+    """The issue's end to end: a library-layout file imported, evaluated, a small D_R made from it."""
+    import json
+
+    from conftest import run_cli
+
+    data, model_dir = formats["python-folder"], tmp_path / "imported"
+    code, _, err = run_cli("import", "robustness", str(resnet18_files[True]), "--out", str(model_dir), "--eps", "0.5")
+    assert code == 0, err
+    code, _, err = run_cli("eval", "--model", str(model_dir), "--data", str(data), "--out", str(tmp_path / "e.json"),
+                           "--quiet")
+    assert code == 0, err
+    (_, _), (test_images, test_labels) = fixture_arrays
+    with torch.no_grad():
+        predicted = resnet18(torch.from_numpy(test_images).float() / 255).argmax(1).numpy()
+    clean = json.loads((tmp_path / "e.json").read_text())["clean"]
+    assert clean["n"] == len(test_labels) and clean["accuracy"] == pytest.approx((predicted == test_labels).mean())
+    code, _, err = run_cli("synth", "--kind", "r", "--model", str(model_dir), "--data", str(data), "--subset", "10",
+                           "--steps", "3", "--batch-size", "10", "--out", str(tmp_path / "d_r"), "--quiet")
+    assert code == 0, err
+    card = json.loads((tmp_path / "d_r" / "dataset.json").read_text())
+    assert card["n"] == 10 and card["model"]["card"]["source"] == "robustness"
+
+
 def test_foreign_objects_become_inert_stubs(resnet18, tmp_path):
     path = save({"args": foreign_object(), "w": torch.arange(6.0).view(2, 3)[:, 1:]}, tmp_path / "f.pt", legacy=True)
     loaded = read_torch_pickle(path)
