@@ -3,7 +3,7 @@
 Importing this package imports every architecture module, which fills the registry.
 """
 
-from advfeat.models import densenet, googlenet, inceptionv3, resnet, small, vgg  # noqa: F401  (fills the registry)
+from advfeat.models import cpu_scale, densenet, googlenet, inceptionv3, resnet, small, vgg  # noqa: F401 (registry)
 from advfeat.models.classifier import Classifier
 from advfeat.models.registry import create_model, model_names, register_model
 from advfeat.models.robustness_import import import_robustness, load_robustness

@@ -1,0 +1,66 @@
+"""CPU-scale architectures of four families for Figure 3 on a laptop (not in the paper).
+
+The paper's Figure 3 trains five architectures (VGG-16, Inception-v3, ResNet-18, DenseNet-121,
+ResNet-50) on D_det; these are small stand-ins of the same kinds of design, each sized to
+train at about the speed of `tiny` on a CPU (docs/cpu-preset.md has the measured rates). Each
+is split at its last ReLU, like every Classifier (classifier.py), so fake_relu works for all.
+- vgg_mini:     VGG-style, two 3x3 conv-BN-ReLU a stage, 2x2 max-pool after each (widths 8/16/32).
+- resnet_mini:  ResNet-style, a stem and three basic blocks with skip connections (16, then
+                24/32/48 at stride 2, ending on a 4x4 map like the library's CIFAR ResNets); the
+                final activation is the last block's ReLU after its residual add.
+- wide_shallow: two conv layers only, wide (64, then 128 at stride 2 after a max-pool).
+- mobile_mini:  MobileNet-style depthwise-separable blocks (a 3x3 depthwise conv, then a 1x1
+                pointwise conv, each with BN and ReLU), 16 -> 128 channels.
+Every net ends in a global average pool of its final ReLU's map, then the linear head.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from advfeat.models.classifier import Classifier, PreActivationTrunk, split_at_last_relu
+from advfeat.models.registry import register_model
+from advfeat.models.resnet import BasicBlock, conv_bn
+from advfeat.models.small import conv_net
+
+
+def _pooled(layers: list[nn.Module], feature_dim: int, num_classes: int) -> Classifier:
+    """A plain layer list split at its last ReLU, then a global average pool."""
+    trunk, rest = split_at_last_relu(layers)
+    return Classifier(trunk, nn.Sequential(*rest, nn.AdaptiveAvgPool2d(1), nn.Flatten()), feature_dim, num_classes)
+
+
+@register_model("vgg_mini")
+def vgg_mini(num_classes: int = 10) -> Classifier:
+    return conv_net(num_classes, (8, 16, 32), convs_per_stage=2)
+
+
+@register_model("resnet_mini")
+def resnet_mini(num_classes: int = 10) -> Classifier:
+    layers, cin = [conv_bn(3, 16, 3), nn.ReLU(inplace=True)], 16
+    for width in (24, 32, 48):  # each block halves the map: 32 -> 16 -> 8 -> 4, the library ResNets' final size
+        layers.append(BasicBlock(cin, width, stride=2))
+        cin = width
+    neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(PreActivationTrunk(*layers), neck, 48, num_classes)
+
+
+@register_model("wide_shallow")
+def wide_shallow(num_classes: int = 10) -> Classifier:
+    layers = [*conv_bn(3, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+              *conv_bn(64, 128, 3, stride=2), nn.ReLU(inplace=True)]
+    return _pooled(layers, 128, num_classes)
+
+
+def depthwise_separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    """MobileNet's block (Howard et al. 2017): depthwise 3x3 (groups = channels), then pointwise 1x1."""
+    return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@register_model("mobile_mini")
+def mobile_mini(num_classes: int = 10) -> Classifier:
+    layers = [*conv_bn(3, 16, 3), nn.ReLU(inplace=True)]
+    for cin, cout, stride in ((16, 32, 2), (32, 64, 1), (64, 128, 2), (128, 128, 1)):
+        layers += depthwise_separable(cin, cout, stride)
+    return _pooled(layers, 128, num_classes)
