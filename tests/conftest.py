@@ -146,24 +146,18 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 @pytest.fixture(scope="module")
-def trained_tiny(shared_data):
-    """A tiny net trained for two epochs on 4,000 real images, and 300 test images, for the
-    attack tests (built once per test module)."""
+def trained_tiny(shared_data, tmp_path_factory):
+    """A tiny net trained for two epochs on 4,000 real images (training.train_tiny, as the doctor
+    and the CUDA tests train it), and 300 test images, for the attack tests (built once per test
+    module)."""
+    from advfeat.data import load_dataset
     from advfeat.evaluation import split_tensors
-    from advfeat.models import create_model
-    from advfeat.data import load_dataset, make_loader
-    from advfeat.training import TrainConfig, train_epoch
+    from advfeat.training import train_tiny
 
     data = load_dataset(shared_data, subset=4000, test_subset=300, seed=1)
-    config = TrainConfig(arch="tiny", epochs=2, schedule="onecycle", lr=0.2, seed=1)
-    torch.manual_seed(1)
-    model = create_model("tiny")
-    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9, weight_decay=5e-4)
-    loader = make_loader(data, "train", batch_size=128, device="cpu", shuffle=True, augment=True, seed=1)
-    for epoch in range(2):
-        train_epoch(model, model, loader, opt, config, epoch, torch.device("cpu"), None, progress=False)
+    model, _ = train_tiny(data, tmp_path_factory.mktemp("tiny"), device=torch.device("cpu"), epochs=2, seed=1)
     x, y = split_tensors(data.test, torch.device("cpu"))
-    return model.eval(), x, y
+    return model, x, y
 
 
 class LinearBinary(torch.nn.Module):
