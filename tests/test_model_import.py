@@ -418,6 +418,23 @@ def test_wrap_takes_features_at_the_last_linear(wrapped_resnet18):
         model(x, return_features=True, fake_relu=True)
 
 
+def test_wrap_features_survive_the_attack_view_folding_its_sequential():
+    """Attacks call a copy whose Conv-BN pairs are folded, renumbering a Sequential's children:
+    the features must still come from the same Linear."""
+    from advfeat.attacks import batched_forward
+    from advfeat.models import wrap
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    model = wrap(net).eval()
+    x = images(5)
+    with torch.no_grad():
+        direct = model.features(x)
+    torch.testing.assert_close(batched_forward(model, x, 5, features=True), direct, atol=1e-5, rtol=1e-5)
+    assert model.card()["fake_relu"] == "unavailable" and model.card()["feature_dim"] == 8
+
+
 def test_wrap_refuses_what_it_cannot_serve():
     from advfeat.models import wrap
 

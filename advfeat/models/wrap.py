@@ -61,6 +61,13 @@ class WrappedClassifier(nn.Module):
     def features(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
         return self.forward(x, return_features=True, fake_relu=fake_relu)[1]
 
+    def card(self) -> dict:
+        """What an advfeat model card records, for code that wants one (e.g. synthesis.model_check)."""
+        return {"kind": "model", "arch": self.name, "source": "wrapped", "num_classes": self.num_classes,
+                "feature_dim": self.feature_dim, "input_size": list(self.input_size),
+                "normalization": {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()},
+                "features": "the input of the last nn.Linear", "fake_relu": "unavailable"}
+
 
 @torch.no_grad()
 def probe_last_linear(module: nn.Module, input_size: tuple[int, ...], num_classes: int,
