@@ -188,7 +188,7 @@ class FourierSettings:
     stride: int = 2  # every stride-th frequency (the comment: 1)
     low_band: tuple[int, int] = (0, 4)  # max(|u|, |v|) ranges the claim compares
     high_band: tuple[int, int] = (10, 16)
-    train_images: int = 5000  # training images of the Gaussian-augmented and the filtered models
+    train_images: int = 2500  # training images of the Gaussian-augmented and the filtered models
     train: TrainConfig = field(default_factory=lambda: _cpu_train)
     gaussian_sigma: float = 0.1  # Gaussian augmentation's standard deviation (pixels in [0, 1])
     gaussian_copies: int = 2  # fixed noisy copies of each training image
