@@ -4,8 +4,8 @@
     def check_kernels(ctx: Context) -> tuple[str, dict]:   # (one-line detail, numbers)
         ...
 
-CHECKS holds every check in the order the doctor runs them (the order advfeat/doctor/__init__.py
-imports the area modules). A check returns its detail and numbers on a pass, raises Skip where
+CHECKS holds every check by name (advfeat/doctor/__init__.py imports the area modules, which
+registers them, and runs them in its RUN_ORDER). A check returns its detail and numbers on a pass, raises Skip where
 it cannot run here, CheckFailed where it ran and found a problem, and anything else where it
 broke; run_doctor reports each as one line and goes on with the next.
 """
