@@ -37,11 +37,13 @@ from pathlib import Path
 
 import torch
 
+from advfeat import __version__
 from advfeat.errors import UserError
 from advfeat.models.classifier import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from advfeat.models.registry import create_model
 from advfeat.models.safe_pickle import read_torch_pickle
 
+IMPORTABLE = ("resnet18", "resnet50", "vgg16", "densenet121", "inceptionv3")  # the library's names = advfeat's
 RESNET_DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
 DENSENET_BLOCKS, DENSENET_GROWTH = (6, 12, 24, 16), 32
 INCEPTION_STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
@@ -232,8 +234,6 @@ def advfeat_state(arch: str, state: dict[str, torch.Tensor]) -> tuple[dict[str, 
     return renamed, origin
 
 
-IMPORTABLE = ("resnet18", "resnet50", "vgg16", "densenet121", "inceptionv3")
-
 
 # --------------------------------------------------------------------------- load and write
 
@@ -317,7 +317,8 @@ def load_robustness(path: Path | str, arch: str | None = None) -> tuple[Classifi
         skeleton = create_model(arch, num_classes)
     state = check_fit(skeleton, state, origin, arch, path)
     card = {
-        "kind": "model", "arch": arch, "num_classes": num_classes, "feature_dim": skeleton.feature_dim,
+        "kind": "model", "advfeat_version": __version__, "arch": arch, "num_classes": num_classes,
+        "feature_dim": skeleton.feature_dim,
         "source": "robustness",
         "source_file": {"name": path.name, "sha256": sha256_of(path),
                         "epoch": epoch if isinstance(epoch, int) else None},
