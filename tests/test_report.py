@@ -13,7 +13,14 @@ from scipy import stats as sps
 from advfeat.data.synthesized import read_images_at, write_shard
 from advfeat.report import sample_images
 from advfeat.report.collect import Numbers, summarize, table_rows, worst_case
-from advfeat.report.markdown import accuracy_table, cell, claims_table, d6_section, figure3_section, render
+from advfeat.report.markdown import (
+    accuracy_table,
+    cell,
+    claims_table,
+    d6_section,
+    figure3_section,
+    render,
+)
 
 N, N_SUB = 10, 4  # test images; the strong check's subset (the first N_SUB of them)
 

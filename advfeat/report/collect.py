@@ -190,17 +190,21 @@ def synth_summary(results: dict) -> dict[str, dict]:
         stats = [r["stats"] for r in by_seed(results, f"synth-{kind}").values()]
         if not stats:
             continue
-        mean = lambda f: float(np.mean([f(s) for s in stats]))  # noqa: E731
-        entry = {"image_steps_per_s": mean(lambda s: s["image_steps_per_s"])}
+        entry = {"image_steps_per_s": _seed_mean(stats, "image_steps_per_s")}
         if "target_success" in stats[0]:
-            entry |= {"target_success": mean(lambda s: s["target_success"]),
-                      "stored_success": mean(lambda s: s["stored_success"]),
-                      "perturbation_norm": mean(lambda s: s["perturbation_norm"]["mean"])}
+            entry |= {"target_success": _seed_mean(stats, "target_success"),
+                      "stored_success": _seed_mean(stats, "stored_success"),
+                      "perturbation_norm": _seed_mean(stats, "perturbation_norm", "mean")}
         else:
-            entry |= {k: mean(lambda s, k=k: s[k]["mean"]) for k in ("initial_distance", "final_distance",
-                                                                     "stored_distance")}
+            entry |= {k: _seed_mean(stats, k, "mean") for k in ("initial_distance", "final_distance",
+                                                                "stored_distance")}
         out[kind] = entry
     return out
+
+
+def _seed_mean(stats: list[dict], key: str, inner: str | None = None) -> float:
+    """The mean over seeds of each one's stats[key] (or stats[key][inner], a per-image mean)."""
+    return float(np.mean([s[key] if inner is None else s[key][inner] for s in stats]))
 
 
 def slim_stage(record: dict) -> dict:
