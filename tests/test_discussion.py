@@ -342,3 +342,37 @@ def test_gram_route_gives_the_second_moments_eigenfeatures():
     assert len(values) == len(ref_values) == 25
     assert torch.allclose(values, ref_values, rtol=1e-8)
     assert torch.allclose((vectors * ref_vectors).sum(0).abs(), torch.ones(25, dtype=torch.float64), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the authors' R(f)
+
+
+def test_identity_layer_ratio_is_eps_over_mean_pair_distance():
+    from advfeat.discussion.layer_robustness import LayerSettings, ratio_terms
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.1 * (torch.rand(9, 3, 8, 8, generator=g) - 0.5)  # far from the box: the ball fits inside
+    settings = LayerSettings(eps=0.25, pairs=8, steps=5)
+    terms = ratio_terms(torch.nn.Flatten(), x, settings)
+    apart = (x[:-1] - x[1:]).flatten(1).norm(dim=1)
+    assert np.allclose(terms["moved"], 0.25, rtol=1e-4)
+    assert terms["ratio"] == pytest.approx(0.25 / float(apart.mean()), rel=1e-4)
+
+
+def test_layer_names_and_bad_name():
+    from advfeat.discussion.layer_robustness import LayerOutput, LayerSettings, layer_names, ratio_terms
+    from advfeat.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", 10).eval()
+    names = layer_names(model)
+    assert names[-1] == "activation" and len(names) == 3
+    with pytest.raises(UserError, match="this architecture has .*activation"):
+        LayerOutput(model, "relu9")
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    layer = LayerOutput(model, names[0])
+    with torch.no_grad():
+        direct = model.trunk[2](model.trunk[1](model.trunk[0]((x - model.mean) / model.std))).flatten(1)
+    assert torch.allclose(layer(x), direct, atol=1e-5)
+    terms = ratio_terms(layer, x, LayerSettings(eps=0.5, pairs=4, steps=3))
+    assert terms["ratio"] > 0 and (terms["moved"] > 0).all()
