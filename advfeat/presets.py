@@ -150,8 +150,8 @@ _cpu_train = TrainConfig(arch="tiny", epochs=10, lr=0.2, batch_size=128, schedul
 _cpu_targeted = SynthSettings.of("det", steps=30, step_size=1 / 6, eps=1.0, batch_size=500, shard_size=2500)
 CPU_PRESET = Preset(
     name="cpu",
-    description="the paper's claims on a laptop: the tiny net on 10,000 training images, 3 seeds, under 30 minutes "
-                "on 2 CPU cores.",
+    description="the paper's claims on a laptop: the tiny net on 10,000 training images, 3 fresh seeds, test images "
+                "held out from tuning, on 2 CPU cores.",
     arch="tiny", subset=10000, test_subset=2000, seeds=3,
     # Confirmation apart from exploration: the settings were chosen on seeds 0-2 and on the
     # 2,000 test images drawn with seed 0 (docs/cpu-preset.md); the run uses fresh seeds and
@@ -167,21 +167,27 @@ CPU_PRESET = Preset(
     strong_attack=AttackSpec(name="autoattack-l2", steps=50, target_classes=3, batch_size=500),
     cw_attack=AttackSpec(name="cw-l2", steps=30, cw_binary_steps=4, batch_size=500),
     strong_subset=250,
-    transfer_archs=("tiny", "mid", "mlp"),
+    # Figure 3 over six CPU-scale architectures of five families: plain conv (tiny, wide_shallow),
+    # VGG-style, ResNet-style, depthwise-separable, MLP (models/small.py, models/cpu_scale.py).
+    transfer_archs=("tiny", "mlp", "vgg_mini", "resnet_mini", "wide_shallow", "mobile_mini"),
     transfer_train=_cpu_train,
     transfer_images=1000,
     claim_eps=0.5,
     needs_gpu=False,
     deviations=(
-        "A tiny 3-layer net (0.02 M weights, about 60% test accuracy) on 10,000 training images, for 10 one-cycle "
-        "epochs, instead of ResNet-50 on 50,000 for 150.",
-        "D_rand and D_det use eps 1.0 instead of 0.5: against the smooth tiny net, targeted PGD at eps 0.5 reaches "
-        "only about 39% target success (the paper's ResNet-50 is fooled almost always), and D_det then teaches "
-        "little (docs/cpu-preset.md).",
-        "Inversion runs 50 steps of 0.25 instead of 1000 of 0.1 (50 steps of 0.1 left D_R at a relative feature "
-        "distance of 0.41; 50 of 0.25 reach 0.19); adversarial training takes 3 steps of 0.25 instead of 7 of 0.1.",
-        "Robustness claims are judged at eps 0.5 (both 0.25 and 0.5 are reported): the paper judges at 0.25, where "
-        "its standard ResNet-50 keeps 4.5%; the smooth tiny net keeps about 30% at 0.25 and 9% at 0.5.",
+        "A tiny 3-layer net (0.02 M weights) on 10,000 training images, for 10 one-cycle epochs, instead of "
+        "ResNet-50 on 50,000 for 150.",
+        "D_rand and D_det use eps 1.0 instead of 0.5: in the exploration runs (seed 0, docs/cpu-preset.md), targeted "
+        "PGD at eps 0.5 fooled the smooth tiny net on only about 39% of images (the paper's ResNet-50 is fooled "
+        "almost always), and D_det then taught little.",
+        "Inversion runs 50 steps of 0.25 instead of 1000 of 0.1 (exploration: 50 steps of 0.1 left D_R at a relative "
+        "feature distance of 0.41; 50 of 0.25 reached 0.19); adversarial training takes 3 steps of 0.25 instead of "
+        "7 of 0.1.",
+        "Robustness claims are judged at the paper's eps 0.25 first, and beside it at eps 0.5, this preset's own: "
+        "the smooth tiny net keeps far more accuracy at 0.25 than the paper's standard ResNet-50 (4.5%), so 0.25 is "
+        "a weaker test here; eps 0.5 was chosen by looking at exploration runs on seeds 0-2.",
+        "Figure 3 uses six small architectures of five families, trained like the source, and the D_det attack "
+        "(L2 eps 1.0, 30 steps) for transfer; the paper used five ImageNet-scale architectures at eps 0.5.",
     ),
 )
 
