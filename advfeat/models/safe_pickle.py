@@ -226,6 +226,10 @@ def _is_torchscript(path: Path) -> bool:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
 
 
+def _torch_load(path: Path, mmap: bool):
+    return torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False, mmap=mmap)
+
+
 def read_torch_pickle(path: Path | str):
     """The object torch.save wrote to `path`, read by RestrictedUnpickler onto the CPU.
 
@@ -239,7 +243,12 @@ def read_torch_pickle(path: Path | str):
     if is_zip and _is_torchscript(path):
         raise UserError(f"{path} is a TorchScript archive, which holds code; refused (not a checkpoint)")
     try:
-        return torch.load(path, map_location="cpu", pickle_module=restricted_pickle, weights_only=False, mmap=is_zip)
+        try:
+            return _torch_load(path, mmap=is_zip)
+        except RuntimeError:
+            if not is_zip:
+                raise
+            return _torch_load(path, mmap=False)  # a zip file torch cannot map (unaligned records): read it
     except HostilePickle as err:
         raise UserError(f"{path}: refused: its pickle names {err}, which can run code "
                         f"(nothing from the file was run)") from None
