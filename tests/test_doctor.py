@@ -157,7 +157,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
 
     for argv in (["--data", str(tmp_path / "missing")], ["--check", "nope"]):
         code, out, err = run_cli("doctor", "--out", str(tmp_path / "out"), *argv)
-        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "out").exists()  # nothing was run or written
 
 
 # --- the fp32 switch behind the bf16 check -----------------------------------------------------
