@@ -376,3 +376,11 @@ def test_layer_names_and_bad_name():
     assert torch.allclose(layer(x), direct, atol=1e-5)
     terms = ratio_terms(layer, x, LayerSettings(eps=0.5, pairs=4, steps=3))
     assert terms["ratio"] > 0 and (terms["moved"] > 0).all()
+
+
+def test_eigenfeatures_scatter_is_written(tmp_path):
+    from advfeat.discussion.eigenfeatures import EigenSettings, analyse, scatter_figure
+
+    result = analyse(EigenSettings(), _toy_images(seed=0), _toy_images(seed=1))
+    scatter_figure(result, 1.0, tmp_path / "scatter.png")
+    assert (tmp_path / "scatter.png").read_bytes()[:4] == b"\x89PNG"

@@ -182,10 +182,37 @@ def analyse(settings: EigenSettings, train, test) -> dict:
             "containment": {"robust_feature": robust_i, "nonrobust_feature": useless_i, "rows": containments}}
 
 
+def scatter_figure(result: dict, eps: float, dest) -> None:
+    """Goh's scatter: each eigenfeature's test usefulness against its non-robustness, with the
+    line usefulness = eps * non-robustness (below it: useful but not robustly useful)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from advfeat.io import save_figure
+
+    fragility, use = np.asarray(result["non_robustness"]), np.asarray(result["test_usefulness"])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.scatter(fragility, use, s=4, alpha=0.5, label="eigenfeatures")
+    if result["chosen"]:
+        ax.scatter([result["chosen"]["non_robustness"]], [result["chosen"]["test_usefulness"]], s=30, c="red",
+                   label="the claim's feature")
+    line = np.linspace(0, fragility.max(), 50)
+    ax.plot(line, eps * line, "k--", lw=1, label=f"usefulness = {eps:g} x non-robustness")
+    ax.set(xscale="log", xlabel="non-robustness ||a||_2 / ||a||_S", ylabel="usefulness E[y f(x)] (test)",
+           ylim=(min(-0.1, use.min()), max(0.6, use.max())), title="truck vs frog: Goh's eigenfeatures")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, dest)
+    plt.close(fig)
+
+
 def eigenfeatures_stage(settings: EigenSettings, sources, seed: int):
     """Stage body `eigenfeatures@seed`; reads no stage: the truck and frog images of the
     seed's training subset (sources.train_data(seed)) and of the shared test set
-    (sources.test_tensors()); writes no file. Result: analyse()'s, with its time."""
+    (sources.test_tensors()); writes <folder>/scatter.png (Goh's figure). Result: analyse()'s,
+    with its time."""
 
     def run(ctx) -> dict:
         from advfeat.data.tensor_loader import to_unit_float
@@ -195,6 +222,7 @@ def eigenfeatures_stage(settings: EigenSettings, sources, seed: int):
         train = labelled_pair(to_unit_float(torch.from_numpy(split.images)), torch.from_numpy(split.labels))
         x_test, y_test = sources.test_tensors()
         result = analyse(settings, train, labelled_pair(x_test.cpu(), y_test.cpu()))
+        scatter_figure(result, settings.eps, ctx.folder / "scatter.png")
         return {"settings": asdict(settings), **result, "seconds": round(time.perf_counter() - start, 1)}
 
     return run

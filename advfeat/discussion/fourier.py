@@ -42,6 +42,7 @@ from advfeat.discussion.common import (Reference, difference_interval, judged, r
                                        train_on_tensors, training_tensors)
 from advfeat.errors import UserError
 from advfeat.evaluation import predict_tensor
+from advfeat.io import atomic_path
 from advfeat.settings import TrainConfig
 from advfeat.stats import shift
 
@@ -247,17 +248,16 @@ def fourier_heat_map_stage(settings: FourierSettings, model_stages: dict[str, st
     its rows and columns, and per image the error rate in the low and the high band."""
 
     def run(ctx) -> dict:
-        from advfeat.io import write_json  # noqa: F401  (the maps are small; numpy writes them)
-
         start = time.perf_counter()
         x, y = (t[:settings.images] for t in sources.test_tensors())
-        result = {"settings": asdict(settings) | {"train": None}, "models": {}}
+        result = {"settings": asdict(settings), "models": {}}
         ctx.folder.mkdir(parents=True, exist_ok=True)
         for name, stage in model_stages.items():
             model, _ = load_model(ctx.folder_of(stage) / "model", device)
             heat = fourier_error_map(model, x, y, settings.norm, settings.stride, seed, settings.batch_size)
             error_map = heat["errors"].mean(2)
-            np.save(ctx.folder / f"heat-{name}.npy", error_map)
+            with atomic_path(ctx.folder / f"heat-{name}.npy") as temporary, open(temporary, "wb") as handle:
+                np.save(handle, error_map)
             result["models"][name] = {"v": heat["v"], "u": heat["u"], "map": error_map.round(4).tolist(),
                                       "clean_error": float((predict_tensor(model, x, settings.batch_size) != y)
                                                            .float().mean()),

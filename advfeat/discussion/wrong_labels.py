@@ -34,6 +34,7 @@ from advfeat.discussion.common import (PixelMLP, Reference, fit_adam, judged, ra
 from advfeat.errors import UserError
 from advfeat.evaluation import predict_tensor
 from advfeat.settings import TrainConfig
+from advfeat.stats import shift
 
 TEACHER_CLASSES = (0, 1, 2, 3, 4)  # airplane, automobile, bird, cat, deer; the student's images: the rest
 _brief = TrainConfig(arch="tiny", epochs=2, lr=0.2, batch_size=128, schedule="onecycle", augment="none",
@@ -216,8 +217,6 @@ def wrong_labels_stage(settings: WrongLabelsSettings, sources, seed: int, device
 def _above_chance(results: dict[int, dict], key: str, value: str, outcomes, chance: float):
     seeds = seeds_of(results)
     interval = rate_interval([results[s][key][value] for s in seeds], [outcomes(results[s][key]) for s in seeds])
-    from advfeat.stats import shift
-
     return shift(interval, chance)
 
 
