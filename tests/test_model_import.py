@@ -223,6 +223,11 @@ def test_foreign_objects_become_inert_stubs(resnet18, tmp_path):
     assert isinstance(loaded["args"], ForeignStub) and loaded["args"].origin == "advfeat_throwaway_args.Parameters"
     assert loaded["args"].state == {"arch": "resnet18", "eps": 0.5, "constraint": "2"}
     assert torch.equal(loaded["w"], torch.tensor([[1.0, 2.0], [4.0, 5.0]]))  # a strided view survives
+    tagged = torch.arange(3.0)
+    tagged.note = "a tensor with a Python attribute pickles through _rebuild_from_type_v2"
+    path = save({"t": tagged, "p": torch.nn.Parameter(torch.ones(2))}, tmp_path / "g.pt", legacy=False)
+    loaded = read_torch_pickle(path)
+    assert torch.equal(loaded["t"], torch.arange(3.0)) and torch.equal(loaded["p"], torch.ones(2))
 
 
 def test_model_flag_takes_a_checkpoint_file_and_tells_its_arch(resnet18, resnet18_files):

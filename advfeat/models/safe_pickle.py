@@ -125,6 +125,14 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+def _rebuild_from_type(function, new_type, args, state):
+    """torch._tensor._rebuild_from_type_v2, used for tensors that carry Python attributes: the
+    tensor is rebuilt by an allowlisted function and comes back plain (type and attributes dropped)."""
+    if not isinstance(function, _Frozen) or new_type not in (torch.Tensor, torch.nn.Parameter):
+        raise pickle.UnpicklingError(f"a tensor rebuilt by {function!r} as {new_type!r}")
+    return function(*args)
+
+
 def _encode_latin1(text, encoding="latin1"):
     """`_codecs.encode`, which protocol-2 pickles use for bytes, for its latin-1 use only."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
@@ -145,6 +153,9 @@ SAFE_GLOBALS = {
     "torch._utils._rebuild_tensor_v2": _Frozen(_rebuild_tensor),
     "torch._utils._rebuild_parameter": _Frozen(_rebuild_parameter),
     "torch._utils._rebuild_parameter_with_state": _Frozen(_rebuild_parameter),
+    "torch._tensor._rebuild_from_type_v2": _Frozen(_rebuild_from_type),
+    "torch.Tensor": torch.Tensor,  # as _rebuild_from_type_v2's type argument
+    "torch.nn.parameter.Parameter": torch.nn.Parameter,
     "torch.Size": torch.Size,
     "torch.device": torch.device,
     "builtins.set": set,
