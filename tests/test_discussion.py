@@ -384,3 +384,51 @@ def test_eigenfeatures_scatter_is_written(tmp_path):
     result = analyse(EigenSettings(), _toy_images(seed=0), _toy_images(seed=1))
     scatter_figure(result, 1.0, tmp_path / "scatter.png")
     assert (tmp_path / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- stage bodies, end to end
+
+
+class _Sources:
+    def __init__(self, n=12):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    def test_tensors(self):
+        return self.x, self.y
+
+
+class _Ctx:
+    def __init__(self, root, name):
+        self.root, self.folder = root, root / name
+
+    def folder_of(self, stage):
+        return self.root / stage
+
+
+def _random_models(root):
+    from advfeat.checkpoint import save_model
+    from advfeat.models import create_model
+
+    for i, name in enumerate(("standard", "robust")):
+        torch.manual_seed(i)
+        save_model(root / name / "model", create_model("tiny", 10), {"arch": "tiny", "num_classes": 10})
+    return {"standard": "standard", "robust": "robust"}
+
+
+def test_model_reading_stage_bodies_run_and_judge(tmp_path):
+    from advfeat.discussion import fourier, layer_robustness
+
+    stages, sources = _random_models(tmp_path), _Sources()
+    settings = fourier.FourierSettings(images=6, stride=8, fog_images=6)
+    heat = fourier.fourier_heat_map_stage(settings, stages, sources, 0, torch.device("cpu"))(_Ctx(tmp_path, "heat"))
+    saved = np.load(tmp_path / "heat" / "heat-robust.npy")
+    assert saved.shape == (3, 4) and np.allclose(saved, heat["models"]["robust"]["map"], atol=1e-4)
+    assert len(heat["models"]["standard"]["high_band"]) == 6
+    fog = fourier.fog_stage(settings, stages, sources, 0, torch.device("cpu"))(_Ctx(tmp_path, "fog"))
+    layers = layer_robustness.layer_robustness_stage(layer_robustness.LayerSettings(pairs=5, steps=2), stages,
+                                                     sources, 0, torch.device("cpu"))(_Ctx(tmp_path, "layers"))
+    assert list(layers["models"]["robust"]) == ["trunk.2", "trunk.6", "activation"]
+    for claim in (fourier.judge_fourier_noise({0: heat}), fourier.judge_fog({0: fog}),
+                  layer_robustness.judge_layer_robustness({0: layers})):
+        assert claim["verdict"] in ("holds", "does not hold", "inconclusive") and claim["reference"]["setting"]
