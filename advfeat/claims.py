@@ -18,7 +18,8 @@ import numpy as np
 
 from advfeat.stats import (BOOT_SEED, FAILS, HOLDS, INCONCLUSIVE, N_BOOT, Interval, bootstrap_p, combine,
                            correlation_interval, holm, leave_one_out, mean_interval, ols_slope, p_from_t_interval,
-                           paired_difference_interval, percentile_interval, shift, spearman_exact_test,
+                           paired_difference_interval, percentile_interval, prediction_interval, shift,
+                           spearman_exact_test,
                            two_level_replicates, verdict, wilson_interval)
 
 CHANCE = 0.10  # ten classes
@@ -407,6 +408,23 @@ def figure3_rules(fig3: dict | None) -> list[Judged]:
     ]
 
 
+def nakkiran_against_trend(fig3: dict, point: tuple[float, float]) -> Judged:
+    """Nakkiran's non-transferable D_det (transfer rate, accuracy trained on it) against Figure 3's
+    OLS trend over the architecture means: "holds" when the point lies inside the trend's 95%
+    prediction interval at its transfer rate (it teaches what its transferability predicts).
+    effect: the point minus the trend's prediction; interval: the prediction band around 0."""
+    part = "accuracy trained on non-transferable D_det, against Figure 3's trend at its transfer rate"
+    rival = "non-transferable examples teach less (or more) than their transfer rate predicts: off the trend"
+    if len(fig3 or {}) < 4:
+        return _not_judged("nakkiran-bugs", part, 0.0, "within", rival, f"{NOT_JUDGED}: fewer than 4 architectures")
+    x, y = zip(*fig3.values())
+    predicted = prediction_interval(x, y, point[0])
+    inside = predicted.low <= point[1] <= predicted.high
+    return Judged("nakkiran-bugs", part, point[1] - predicted.estimate, shift(predicted, predicted.estimate), 0.0,
+                  "within", HOLDS if inside else FAILS, rival,
+                  note=f"trend predicts {100 * predicted.estimate:.1f}% at transfer {100 * point[0]:.1f}%")
+
+
 def judge_parts(evidence: Evidence, eps: tuple = (0.25,), preset_note: str = "", n_boot: int = N_BOOT,
                 seed: int = BOOT_SEED) -> list[Judged]:
     """Every rule on plain inputs. Robustness parts are judged at each eps in `eps`: the paper's
@@ -473,3 +491,8 @@ def figure3_means(fig3: dict) -> dict:
             if p["transfer_rate"] is not None:
                 points.setdefault(p["arch"], []).append((p["transfer_rate"], p["det_accuracy"]))
     return {arch: tuple(np.mean(v, axis=0).tolist()) for arch, v in points.items()}
+
+
+def judge_outcomes(outcomes: Outcomes, eps: tuple = (0.25,), preset_note: str = "", **kw) -> list[Judged]:
+    """judge_parts on a reproduction's stage results: what the report calls."""
+    return judge_parts(evidence_from_outcomes(outcomes, eps), eps, preset_note, **kw)

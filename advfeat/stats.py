@@ -303,6 +303,19 @@ def ols_slope(x, y, level: float = LEVEL) -> Interval:
     return Interval(slope, slope - half, slope + half, len(x), f"{len(x)} points, OLS slope, t interval")
 
 
+def prediction_interval(x, y, x0: float, level: float = LEVEL) -> Interval:
+    """The OLS line's prediction at x0 with the t prediction interval for one new point:
+    fit +- t(level, n - 2) * s * sqrt(1 + 1/n + (x0 - mean x)^2 / Sxx), s the residual sd."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    slope = ols_slope(x, y, level).estimate
+    fit = float(y.mean() + slope * (x0 - x.mean()))
+    residuals = y - y.mean() - slope * (x - x.mean())
+    s = math.sqrt(float((residuals ** 2).sum()) / (len(x) - 2))
+    se = s * math.sqrt(1 + 1 / len(x) + (x0 - x.mean()) ** 2 / float(((x - x.mean()) ** 2).sum()))
+    half = sps.t.ppf(0.5 + level / 2, len(x) - 2) * se
+    return Interval(fit, fit - half, fit + half, len(x), f"OLS over {len(x)} points, t prediction interval")
+
+
 def leave_one_out(x, y, names) -> list[dict]:
     """For each point (an architecture), rho and the OLS slope of the others: does the trend
     rest on one architecture? Needs at least 4 points (3 remain)."""

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from advfeat.claims import (FIG3, NOT_JUDGED_DISTILL, PAPER_DR_SHARE, SHOWN, Evidence, Judged, Outcomes,
-                            claim_verdicts, evidence_from_outcomes, figure3_rules, holm_family, judge_parts)
+                            claim_verdicts, evidence_from_outcomes, figure3_rules, holm_family, judge_parts,
+                            nakkiran_against_trend)
 from advfeat.stats import FAILS, HOLDS, INCONCLUSIVE
 
 SEEDS, IMAGES, BOOT = 3, 600, 200
@@ -192,3 +193,11 @@ def test_evidence_from_a_reproductions_stage_results():
         np.testing.assert_array_equal(evidence.correct[key], correct[key])
     assert evidence.leakage["rand"].tolist() == pytest.approx([0.0, 0.1, 0.2])
     assert evidence.fig3 == {"tiny": pytest.approx((0.4, 0.3))}
+
+
+def test_nakkirans_point_is_judged_against_the_trend():
+    on_trend = nakkiran_against_trend(MONOTONE_FIG3, (0.064, 0.08))
+    assert on_trend.verdict == HOLDS and on_trend.interval.low < on_trend.effect < on_trend.interval.high
+    off_trend = nakkiran_against_trend(MONOTONE_FIG3, (0.064, 0.35))  # teaches a lot for its low transfer
+    assert off_trend.verdict == FAILS and off_trend.effect > on_trend.interval.high
+    assert nakkiran_against_trend({"a": (0.1, 0.1)}, (0.1, 0.1)).verdict.startswith("not judged")

@@ -11,8 +11,8 @@ from scipy import stats as sps
 from advfeat.stats import (FAILS, HOLDS, INCONCLUSIVE, Interval, bootstrap_mean, bootstrap_p,
                            bootstrap_paired_difference, combine, correlation_interval, holm, leave_one_out,
                            mean_interval, ols_slope, p_from_t_interval, paired_difference_interval,
-                           percentile_interval, seed_replicates, shift, spearman_exact_test, t_test_p,
-                           two_level_replicates, verdict, wilson_interval)
+                           percentile_interval, prediction_interval, seed_replicates, shift, spearman_exact_test,
+                           t_test_p, two_level_replicates, verdict, wilson_interval)
 
 
 def test_t_interval_by_hand():
@@ -268,3 +268,16 @@ def test_p_from_a_t_interval_is_the_t_test_p():
     slope = ols_slope(x, y)
     expected = sps.linregress(x, y, alternative="greater").pvalue
     assert p_from_t_interval(slope, 0.0, "above", dof=4) == pytest.approx(expected)
+
+
+def test_prediction_interval_on_a_line_and_its_coverage():
+    x = np.array([0.1, 0.2, 0.35, 0.5, 0.7, 0.9])
+    exact = prediction_interval(x, 2 * x + 1, 0.3)
+    assert exact.estimate == pytest.approx(1.6) and exact.high - exact.low == pytest.approx(0.0, abs=1e-9)
+    rng = np.random.default_rng(6)
+    covered = 0
+    for _ in range(2000):
+        y = 2 * x + 1 + rng.normal(0, 0.1, len(x))
+        band = prediction_interval(x, y, 0.05)  # outside the data, where the band is widest
+        covered += band.low <= 2 * 0.05 + 1 + rng.normal(0, 0.1) <= band.high
+    assert 0.93 < covered / 2000 < 0.97

@@ -5,12 +5,16 @@ ResNet-50) on D_det; these are small stand-ins of the same kinds of design, each
 train at about the speed of `tiny` on a CPU (docs/cpu-preset.md has the measured rates). Each
 is split at its last ReLU, like every Classifier (classifier.py), so fake_relu works for all.
 - vgg_mini:     VGG-style, two 3x3 conv-BN-ReLU a stage, 2x2 max-pool after each (widths 8/16/32).
-- resnet_mini:  ResNet-style, a stem and three basic blocks with skip connections (16, then
-                24/32/48 at stride 2, ending on a 4x4 map like the library's CIFAR ResNets); the
-                final activation is the last block's ReLU after its residual add.
-- wide_shallow: two conv layers only, wide (64, then 128 at stride 2 after a max-pool).
-- mobile_mini:  MobileNet-style depthwise-separable blocks (a 3x3 depthwise conv, then a 1x1
-                pointwise conv, each with BN and ReLU), 16 -> 128 channels.
+- resnet_mini:  ResNet-style: a stride-2 stem (16 channels) and three basic blocks with skip
+                connections (24, 32 and 48 channels; maps 16, 8, 4 like the library's CIFAR
+                ResNets' last); the final activation is the last block's ReLU after its add.
+- wide_shallow: two conv layers only, wide: 5x5 to 64 channels (stride 2), a 2x2 max-pool, 3x3 to
+                128 (stride 2), ending on a 4x4 map.
+- mobile_mini:  MobileNet-style: a stride-2 stem, then depthwise-separable blocks (a 3x3
+                depthwise conv, then a 1x1 pointwise conv, each with BN and ReLU), 24 -> 128 channels,
+                ending on a 4x4 map.
+Their sizes were chosen for speed on a 2-core CPU (one epoch at 0.8-1.0x tiny's images/s); their
+accuracies at CPU scale were not measured here.
 Every net ends in a global average pool of its final ReLU's map, then the linear head.
 """
 
@@ -37,9 +41,10 @@ def vgg_mini(num_classes: int = 10) -> Classifier:
 
 @register_model("resnet_mini")
 def resnet_mini(num_classes: int = 10) -> Classifier:
-    layers, cin = [conv_bn(3, 16, 3), nn.ReLU(inplace=True)], 16
-    for width in (24, 32, 48):  # each block halves the map: 32 -> 16 -> 8 -> 4, the library ResNets' final size
-        layers.append(BasicBlock(cin, width, stride=2))
+    # A stride-2 stem (32 -> 16) keeps it near tiny's speed; the blocks end on 4x4, the library ResNets' size.
+    layers, cin = [nn.Sequential(conv_bn(3, 16, 3, stride=2), nn.ReLU(inplace=True))], 16
+    for width, stride in ((24, 1), (32, 2), (48, 2)):
+        layers.append(BasicBlock(cin, width, stride))
         cin = width
     neck = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return Classifier(PreActivationTrunk(*layers), neck, 48, num_classes)
@@ -47,7 +52,7 @@ def resnet_mini(num_classes: int = 10) -> Classifier:
 
 @register_model("wide_shallow")
 def wide_shallow(num_classes: int = 10) -> Classifier:
-    layers = [*conv_bn(3, 64, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+    layers = [*conv_bn(3, 64, 5, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # maps 16, 8, then 4
               *conv_bn(64, 128, 3, stride=2), nn.ReLU(inplace=True)]
     return _pooled(layers, 128, num_classes)
 
@@ -60,7 +65,7 @@ def depthwise_separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
 
 @register_model("mobile_mini")
 def mobile_mini(num_classes: int = 10) -> Classifier:
-    layers = [*conv_bn(3, 16, 3), nn.ReLU(inplace=True)]
-    for cin, cout, stride in ((16, 32, 2), (32, 64, 1), (64, 128, 2), (128, 128, 1)):
+    layers = [*conv_bn(3, 24, 3, stride=2), nn.ReLU(inplace=True)]
+    for cin, cout, stride in ((24, 48, 1), (48, 96, 2), (96, 128, 2)):  # maps 16, 8, 4
         layers += depthwise_separable(cin, cout, stride)
     return _pooled(layers, 128, num_classes)
