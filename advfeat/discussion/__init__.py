@@ -4,6 +4,7 @@
     wrong_labels.py Wallace (response 6): learning from incorrectly labelled data
     fourier.py      Gilmer & Hendrycks (response 1): Fourier-basis noise, filtered training, fog
     eigenfeatures.py Goh (response 3): useful non-robust linear features of truck vs frog
+    layer_robustness.py the authors' reply to Nakano (response 4): R(f) per layer
     common.py       training on tensors (advfeat.training), judging a claim with the comment's number
 
 Each module has pure functions (the measurement), a stage body `*_stage(...) -> run(ctx) -> dict`
