@@ -240,10 +240,12 @@ class Evidence:
     leakage: probe ("rand", "linear-rand") -> the probe's test accuracy when trained on D_rand,
         per seed [S] or per image [S, N]; None when the Distill `leakage` stage did not run.
     fig3: architecture -> (mean transfer success rate, mean accuracy trained on D_det) over seeds.
+    nakkiran: (mean transfer rate, mean accuracy trained on) Nakkiran's non-transferable D_det, or None.
     """
     correct: dict
     leakage: dict | None = None
     fig3: dict | None = None
+    nakkiran: tuple | None = None
 
     def has(self, *keys) -> bool:
         return all(k in self.correct for k in keys)
@@ -439,6 +441,8 @@ def judge_parts(evidence: Evidence, eps: tuple = (0.25,), preset_note: str = "",
         parts += [replace(j, note=f"{j.note}; {note}".strip("; ")) if note else j for j in at_eps]
     half_gain = non_robust_features_rules(evidence, eps[0], **kw)[0]
     parts += [half_gain] + d_rand_rules(evidence, **kw) + d_det_rules(evidence, **kw) + figure3_rules(evidence.fig3)
+    if evidence.nakkiran is not None:
+        parts.append(nakkiran_against_trend(evidence.fig3, evidence.nakkiran))
     return parts
 
 
@@ -480,7 +484,10 @@ def evidence_from_outcomes(outcomes: Outcomes, eps: tuple) -> Evidence:
     if leakage:
         leakage = {probe: np.array([leakage[s][probe] for s in outcomes.seeds]) for probe in PROBES
                    if all(s in leakage and leakage[s].get(probe) is not None for s in outcomes.seeds)}
-    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3))
+    nt = [r["transfer_rate"] for r in outcomes.stages.get("fig3-nt", {}).values() if r.get("transfer_rate") is not None]
+    nakkiran = (float(np.mean(nt)), float(correct[("det-nt", "clean")].mean())) \
+        if nt and ("det-nt", "clean") in correct else None
+    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3), nakkiran)
 
 
 def figure3_means(fig3: dict) -> dict:

@@ -188,11 +188,15 @@ def test_evidence_from_a_reproductions_stage_results():
     fig3 = {s: {"points": [{"arch": "tiny", "transfer_rate": 0.3 + 0.1 * s, "det_accuracy": 0.3},
                            {"arch": "mlp", "transfer_rate": None, "det_accuracy": 0.1}]} for s in range(SEEDS)}
     leakage = {s: {"rand": 0.1 * s, "linear-rand": 0.2} for s in range(SEEDS)}
-    evidence = evidence_from_outcomes(Outcomes(evals, fig3, {"leakage": leakage}), (0.25, 0.5))
+    evals["det-nt"] = {s: _eval(correct[("det", "clean")][s], {}) for s in range(SEEDS)}
+    nt = {s: {"transfer_rate": 0.05 + 0.01 * s} for s in range(SEEDS)}
+    evidence = evidence_from_outcomes(Outcomes(evals, fig3, {"leakage": leakage, "fig3-nt": nt}), (0.25, 0.5))
     for key in (("nr", "clean"), ("r", "robust@0.5")):
         np.testing.assert_array_equal(evidence.correct[key], correct[key])
     assert evidence.leakage["rand"].tolist() == pytest.approx([0.0, 0.1, 0.2])
     assert evidence.fig3 == {"tiny": pytest.approx((0.4, 0.3))}
+    assert evidence.nakkiran == pytest.approx((0.06, correct[("det", "clean")].mean()))
+    assert ("det-nt", "robust@0.25") not in evidence.correct  # evaluated without that eps
 
 
 def test_nakkirans_point_is_judged_against_the_trend():
@@ -201,3 +205,5 @@ def test_nakkirans_point_is_judged_against_the_trend():
     off_trend = nakkiran_against_trend(MONOTONE_FIG3, (0.064, 0.35))  # teaches a lot for its low transfer
     assert off_trend.verdict == FAILS and off_trend.effect > on_trend.interval.high
     assert nakkiran_against_trend({"a": (0.1, 0.1)}, (0.1, 0.1)).verdict.startswith("not judged")
+    with_point = judge_parts(Evidence(correctness(TRUE), LEAKAGE, MONOTONE_FIG3, (0.064, 0.35)), n_boot=BOOT)
+    assert [j.verdict for j in with_point if j.claim == "nakkiran-bugs"] == [FAILS]
