@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from advfeat.errors import UserError
-
 
 # --------------------------------------------------------------------------- Nakkiran's squares
 
@@ -31,7 +28,12 @@ def test_linf_radius_is_exact_by_brute_force():
 
 def test_brightness_classifier_worst_case_radius_is_0_9():
     """A black image whose noise is +0.1 everywhere is the worst case: margin 1 - 0.1 (comment units)."""
-    from advfeat.discussion.squares import SCALE, SHAPE, brightness_classifier, linf_radius
+    from advfeat.discussion.squares import (
+        SCALE,
+        SHAPE,
+        brightness_classifier,
+        linf_radius,
+    )
 
     w, b = brightness_classifier()
     worst_black = torch.full((1, *SHAPE), 0.5 + SCALE * (-1 + 0.1))
@@ -70,7 +72,11 @@ def test_gd_coefficients_match_explicit_gradient_descent():
 
 
 def test_squares_overfit_model_interpolates_noisy_labels():
-    from advfeat.discussion.squares import SquaresSettings, squares_data, train_squares_models
+    from advfeat.discussion.squares import (
+        SquaresSettings,
+        squares_data,
+        train_squares_models,
+    )
 
     settings = SquaresSettings(n_train=64, n_test=8, width=256)
     data = squares_data(settings, seed=0)
@@ -85,7 +91,7 @@ def test_squares_overfit_model_interpolates_noisy_labels():
 def test_squares_settings_refuse_bad_input():
     from advfeat.discussion.squares import SquaresSettings
 
-    for bad in (dict(eps=0), dict(label_noise=0.6), dict(width=10, n_train=100)):
+    for bad in ({"eps": 0}, {"label_noise": 0.6}, {"width": 10, "n_train": 100}):
         with pytest.raises(UserError):
             SquaresSettings(**bad)
 
@@ -277,8 +283,12 @@ def _toy_images(n=300, d=40, seed=0):
 
 
 def test_robust_usefulness_decomposition_equals_direct_computation():
-    from advfeat.discussion.eigenfeatures import (feature_values, robust_usefulness, second_moment,
-                                                  worst_perturbation)
+    from advfeat.discussion.eigenfeatures import (
+        feature_values,
+        robust_usefulness,
+        second_moment,
+        worst_perturbation,
+    )
 
     x, y = _toy_images()
     moment = second_moment(x)
@@ -296,7 +306,12 @@ def test_robust_usefulness_decomposition_equals_direct_computation():
 
 
 def test_eigenfeatures_are_unit_second_moment_and_non_robustness_is_inverse_sqrt_eigenvalue():
-    from advfeat.discussion.eigenfeatures import eigenfeatures, feature_values, non_robustness, second_moment
+    from advfeat.discussion.eigenfeatures import (
+        eigenfeatures,
+        feature_values,
+        non_robustness,
+        second_moment,
+    )
 
     x, _ = _toy_images()
     moment = second_moment(x)
@@ -308,7 +323,13 @@ def test_eigenfeatures_are_unit_second_moment_and_non_robustness_is_inverse_sqrt
 
 
 def test_ensemble_usefulness_is_the_normalized_sum():
-    from advfeat.discussion.eigenfeatures import eigen_table, eigenfeatures, ensemble_vector, second_moment, usefulness
+    from advfeat.discussion.eigenfeatures import (
+        eigen_table,
+        eigenfeatures,
+        ensemble_vector,
+        second_moment,
+        usefulness,
+    )
 
     x, y = _toy_images()
     moment = second_moment(x)
@@ -322,7 +343,11 @@ def test_ensemble_usefulness_is_the_normalized_sum():
 
 
 def test_analyse_finds_a_useful_non_robust_feature_on_a_toy():
-    from advfeat.discussion.eigenfeatures import EigenSettings, analyse, judge_eigenfeatures
+    from advfeat.discussion.eigenfeatures import (
+        EigenSettings,
+        analyse,
+        judge_eigenfeatures,
+    )
 
     result = analyse(EigenSettings(eps=1.0, ensemble_threshold=20.0), _toy_images(seed=0), _toy_images(seed=1))
     chosen = result["chosen"]
@@ -334,7 +359,11 @@ def test_analyse_finds_a_useful_non_robust_feature_on_a_toy():
 
 
 def test_gram_route_gives_the_second_moments_eigenfeatures():
-    from advfeat.discussion.eigenfeatures import eigenfeatures, eigenfeatures_of_data, second_moment
+    from advfeat.discussion.eigenfeatures import (
+        eigenfeatures,
+        eigenfeatures_of_data,
+        second_moment,
+    )
 
     x, _ = _toy_images(n=25, d=40)  # n < d: the Gram route
     values, vectors = eigenfeatures_of_data(x, 1e-9)
@@ -360,7 +389,12 @@ def test_identity_layer_ratio_is_eps_over_mean_pair_distance():
 
 
 def test_layer_names_and_bad_name():
-    from advfeat.discussion.layer_robustness import LayerOutput, LayerSettings, layer_names, ratio_terms
+    from advfeat.discussion.layer_robustness import (
+        LayerOutput,
+        LayerSettings,
+        layer_names,
+        ratio_terms,
+    )
     from advfeat.models import create_model
 
     torch.manual_seed(0)

@@ -19,7 +19,14 @@ import torch
 
 from advfeat.checkpoint import RESUME, load_model
 from advfeat.data.arrays import CIFAR10_CLASSES, Dataset, Split
-from advfeat.stats import Interval, combine, mean_interval, paired_difference_interval, verdict, wilson_interval
+from advfeat.stats import (
+    Interval,
+    combine,
+    mean_interval,
+    paired_difference_interval,
+    verdict,
+    wilson_interval,
+)
 
 
 def as_split(x: torch.Tensor, y: torch.Tensor) -> Split:

@@ -38,8 +38,15 @@ import numpy as np
 import torch
 
 from advfeat.checkpoint import load_model
-from advfeat.discussion.common import (Reference, difference_interval, judged, rate_interval, seeds_of,
-                                       train_on_tensors, training_tensors)
+from advfeat.discussion.common import (
+    Reference,
+    difference_interval,
+    judged,
+    rate_interval,
+    seeds_of,
+    train_on_tensors,
+    training_tensors,
+)
 from advfeat.errors import UserError
 from advfeat.evaluation import predict_tensor
 from advfeat.io import atomic_path
@@ -331,10 +338,12 @@ def judge_fourier_noise(results: dict[int, dict], other: str = "robust") -> dict
         b = [np.asarray(results[s]["models"]["standard"][band]) for s in seeds]
         interval = difference_interval([float(x.mean() - y.mean()) for x, y in zip(a, b)], a, b)
         low, high = settings[band]
-        parts.append((f"error ({other}) - error (standard) under L2-{settings['norm']:g} Fourier noise, "
-                      f"{low} <= max(|u|, |v|) <= {high}", interval, direction, 0.0))
-    return judged(f"fourier-noise-{other}", f"{'Adversarial training' if other == 'robust' else 'Gaussian augmentation'}"
-                  " trades high-frequency robustness for low-frequency fragility", REFERENCES["fourier-noise"], parts)
+        rule = (f"error ({other}) - error (standard) under L2-{settings['norm']:g} Fourier noise, "
+                f"{low} <= max(|u|, |v|) <= {high}")
+        parts.append((rule, interval, direction, 0.0))
+    training = "Adversarial training" if other == "robust" else "Gaussian augmentation"
+    return judged(f"fourier-noise-{other}", f"{training} trades high-frequency robustness for low-frequency fragility",
+                  REFERENCES["fourier-noise"], parts)
 
 
 def judge_filtered(results: dict[int, dict]) -> dict:

@@ -35,7 +35,13 @@ import numpy as np
 import torch
 
 from advfeat.attacks import make_threat, pgd
-from advfeat.discussion.common import Reference, difference_interval, judged, rate_interval, seeds_of
+from advfeat.discussion.common import (
+    Reference,
+    difference_interval,
+    judged,
+    rate_interval,
+    seeds_of,
+)
 from advfeat.errors import UserError
 from advfeat.evaluation import predict_tensor
 

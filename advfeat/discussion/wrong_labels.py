@@ -29,8 +29,16 @@ import numpy as np
 import torch
 
 from advfeat.attacks import ReachTarget, make_threat, pgd
-from advfeat.discussion.common import (PixelMLP, Reference, fit_adam, judged, rate_interval, seeds_of,
-                                       train_on_tensors, training_tensors)
+from advfeat.discussion.common import (
+    PixelMLP,
+    Reference,
+    fit_adam,
+    judged,
+    rate_interval,
+    seeds_of,
+    train_on_tensors,
+    training_tensors,
+)
 from advfeat.errors import UserError
 from advfeat.evaluation import predict_tensor
 from advfeat.settings import TrainConfig
@@ -227,7 +235,7 @@ def judge_wrong_labels(results: dict[int, dict]) -> list[dict]:
     mis = _above_chance(results, "mislabelled", "student_test_accuracy", lambda r: np.asarray(r["correct"]), 0.10)
     chance = results[seeds_of(results)[0]]["cross"]["chance"]
     cross = _above_chance(results, "cross", "student_test_accuracy", lambda r: np.asarray(r["correct"]), chance)
-    toy_points = lambda r: np.r_[np.ones(r["right"]), np.zeros(r["points"] - r["right"])]  # noqa: E731
+    toy_points = lambda r: np.r_[np.ones(r["right"]), np.zeros(r["points"] - r["right"])]
     toy_acc = _above_chance(results, "toy", "accuracy", toy_points, 0.5)
     return [
         judged("wallace-mislabelled", "A student learns from images its teacher labelled wrongly, and only those",
