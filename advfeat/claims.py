@@ -316,9 +316,14 @@ def robust_features_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
 def dr_share(ev: Evidence, eps: float, **kw) -> Judged:
     """(D_R - standard) / (adversarial - standard) robust accuracy, beside the paper's 56%; shown."""
     r = _r(eps)
-    j = _part(ev, "robust-features", f"D_R's share of adversarial training's robustness gain, eps {eps:g}",
-              [("r", r), ("standard", r), ("robust", r)], lambda m: (m[0] - m[1]) / (m[2] - m[1]), "above", 0.0,
-              "shown beside the paper's 56% (ResNet-50, eps 0.25); no rule", eps, **kw)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a draw where adversarial training gains nothing
+        j = _part(ev, "robust-features", f"D_R's share of adversarial training's robustness gain, eps {eps:g}",
+                  [("r", r), ("standard", r), ("robust", r)], lambda m: (m[0] - m[1]) / (m[2] - m[1]), "above", 0.0,
+                  "shown beside the paper's 56% (ResNet-50, eps 0.25); no rule", eps, **kw)
+    finite = lambda i: i is not None and np.isfinite([i.estimate, i.low, i.high]).all()  # noqa: E731
+    if not finite(j.interval):
+        j = replace(j, interval=None, note="undefined: adversarial training's robustness gain is 0 in some draws")
+    j = replace(j, t_interval=j.t_interval if finite(j.t_interval) else None)
     return replace(j, verdict=SHOWN, counted=False, p=None, reference=PAPER_DR_SHARE)
 
 

@@ -234,7 +234,8 @@ def p_from_t_interval(interval: Interval, margin: float, direction: str = "above
 def bootstrap_p(replicates, margin: float, direction: str = "above") -> float:
     """One-sided bootstrap p-value for "effect > margin" ("above") or "< margin" ("below"): the
     share of replicates on the wrong side of the margin, counting ties (the percentile method's
-    dual: p < (1 - L) / 2 when the level-L percentile interval lies wholly on the claimed side)."""
+    dual: p < (1 - L) / 2 when the level-L percentile interval lies wholly on the claimed side).
+    p = 0 means no replicate fell on the wrong side: p < 1 / n_boot."""
     r = np.asarray(replicates, dtype=float)
     wrong = r <= margin if direction == "above" else r >= margin
     return float(wrong.mean())

@@ -207,3 +207,13 @@ def test_nakkirans_point_is_judged_against_the_trend():
     assert nakkiran_against_trend({"a": (0.1, 0.1)}, (0.1, 0.1)).verdict.startswith("not judged")
     with_point = judge_parts(Evidence(correctness(TRUE), LEAKAGE, MONOTONE_FIG3, (0.064, 0.35)), n_boot=BOOT)
     assert [j.verdict for j in with_point if j.claim == "nakkiran-bugs"] == [FAILS]
+
+
+def test_the_share_is_undefined_when_adversarial_training_gains_nothing():
+    correct = correctness(TRUE)
+    for metric in ("robust@0.25", "robust@0.5"):
+        correct[("robust", metric)] = correct[("standard", metric)].copy()  # also the precondition's rival
+    parts = judged(correct)
+    share = find(parts, "robust-features", "share")
+    assert share.interval is None and "undefined" in share.note and share.verdict == SHOWN
+    assert find(parts, "adversarial-training", "robust acc.").verdict == FAILS
