@@ -98,25 +98,35 @@ def correct_tiny(trained_tiny):
     return model, x[ok][:40], y[ok][:40]
 
 
-@pytest.mark.parametrize("norm,eps", [("l2", 0.25), ("linf", 2 / 255)])
-def test_fab_t_agrees_with_torchattacks_fab_t(correct_tiny, norm, eps):
-    """Same net, images, iterations and target classes: robust accuracy within 2 images of 40
-    (FAB is deterministic without restarts, but batch norm folding and channels_last change
-    the rounding of every gradient), median distance within 5%."""
-    model, x, y = correct_tiny
-    steps = 30
-    ours = fab_targeted(model, x, y, norm=norm, eps=eps, n_iter=steps, retire=False)
-    attack = torchattacks.FAB(ContiguousGradient(model), norm={"l2": "L2", "linf": "Linf"}[norm], eps=eps,
+def torchattacks_fab_t(model, x, y, norm: str, eps: float, steps: int):
+    """torchattacks' FAB-T: (success within eps, distance of its point or inf)."""
+    attack = torchattacks.FAB(ContiguousGradient(model).eval(), norm={"l2": "L2", "linf": "Linf"}[norm], eps=eps,
                               steps=steps, n_restarts=1, multi_targeted=True, n_classes=10)
     adv = attack(x, y)
     with torch.no_grad():
         fooled = model(adv).argmax(1) != y
     distance = torch.where(fooled, flat_norm(adv - x, norm), torch.tensor(float("inf")))
-    theirs = fooled & (distance <= eps)
-    assert abs(int(ours.success.sum()) - int(theirs.sum())) <= 2, (ours.success.sum(), theirs.sum())
-    both = torch.isfinite(ours.distance) & torch.isfinite(distance)
-    assert both.sum() >= 30
-    assert ours.distance[both].median() == pytest.approx(float(distance[both].median()), rel=0.05)
+    return fooled & (distance <= eps), distance
+
+
+@pytest.mark.parametrize("norm,eps", [("l2", 0.25), ("linf", 2 / 255)])
+def test_fab_t_agrees_with_torchattacks_fab_t(correct_tiny, norm, eps):
+    """Same net, images, iterations and target classes. Distances (eps so large that the first
+    target class breaks every image): per image within 1% for 90% of them, medians within 1%.
+    Robust accuracy at eps over all 9 target classes: within 1 image of 20. (FAB has no
+    randomness without restarts; batch norm folding and channels_last change the rounding.)"""
+    model, x, y = correct_tiny
+    x, y, steps = x[:20], y[:20], 20
+    far = fab_targeted(model, x, y, norm=norm, eps=1e3, n_iter=steps, retire=False)
+    _, distance = torchattacks_fab_t(model, x, y, norm, 1e3, steps)
+    assert far.success.all() and torch.isfinite(distance).all()
+    close = (far.distance - distance).abs() <= 0.01 * distance
+    assert close.float().mean() >= 0.9, (far.distance, distance)
+    assert far.distance.median() == pytest.approx(float(distance.median()), rel=0.01)
+    ours = fab_targeted(model, x, y, norm=norm, eps=eps, n_iter=steps, retire=False)
+    theirs, _ = torchattacks_fab_t(model, x, y, norm, eps, steps)
+    assert 0 < int(theirs.sum()) < len(y)
+    assert abs(int(ours.success.sum()) - int(theirs.sum())) <= 1, (ours.success.sum(), theirs.sum())
     # Success is what it claims: misclassified within eps.
     with torch.no_grad():
         assert (model(ours.x_adv[ours.success]).argmax(1) != y[ours.success]).all()
