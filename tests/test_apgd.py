@@ -281,7 +281,7 @@ def test_one_host_sync_per_step_at_most_and_a_ladder_of_widths(correct_tiny, mon
             CountSyncs.count += func.name().split(".")[0] in syncing
             return func(*args, **(kwargs or {}))
 
-    slot_engine = importlib.import_module("advfeat.attacks.pgd")  # the drain loop APGD shares with PGD
+    slot_engine = importlib.import_module("advfeat.attacks.engine")  # the drain loop APGD shares with PGD
     reads, steps_run, sizes = [], [], []
     read_alive, step = slot_engine.read_alive, engine._step
     monkeypatch.setattr(slot_engine, "read_alive", lambda slots: reads.append(1) or read_alive(slots))
