@@ -116,7 +116,7 @@ def test_a_missing_paper_value_is_printed_as_missing_not_as_zero():
     assert "PGD (7 steps)" in lines[2]
     assert lines[-2] == "| plain | 90.0 | 90.0 | 95.0 | – |"
     assert lines[-1] == "| D_R | 60.0 | 60.0 | – | – |"
-    numbers = Numbers([], [], [{"arch": "mlp", "transfer": None, "det_accuracy": {"estimate": 0.1, "low": None},
+    numbers = Numbers([], {}, [], [{"arch": "mlp", "transfer": None, "det_accuracy": {"estimate": 0.1, "low": None},
                                 "d_accuracy": None, "paper": None}], None, {}, None, None, {})
     assert "| mlp | – | 10.0 | – | – |" in figure3_section(numbers, 100, {"transfer": "f.png"})
 
@@ -135,7 +135,7 @@ def test_report_md_sections_are_separated_by_one_blank_line_and_no_distill_secti
     results = {"preset": preset, "device": "cpu", "gpus": 1, "data": {"path": "d", "digest": "abc"},
                "total_seconds": 12.0, "stages": [{"id": "s@0", "seconds": 3.0, "cached": True}]}
     rows = [_row("standard", "plain", 0.9), _row("det", "D_det", 0.2)]
-    numbers = Numbers([], rows, [], None, {}, None, None, {"headline": "theory numbers"})
+    numbers = Numbers([], {}, rows, [], None, {}, None, None, {"headline": "theory numbers"})
     figures = {"inversion": "i.png", "targeted": "t.png", "bars": "b.png", "transfer": "f.png",
                "gaussian_contours.png": "figures/gaussian_contours.png"}
     text = render(results, numbers, figures)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from advfeat.claims import Outcomes, distill_claims_at, judge
+from advfeat.claims import (NOT_JUDGED, SHOWN, Outcomes, claim_verdicts, claims_at, distill_claims_at, holm_family,
+                            judge, judge_outcomes)
 from advfeat.paper import FIGURE3, paper
 from advfeat.settings import KINDS
 from advfeat.stats import mean_interval, wilson_interval
@@ -41,7 +42,8 @@ class Numbers:
     """What the report shows. claims/rows/figure3/distill are lists and dicts of JSON values;
     an accuracy is a cell {"estimate", "low", "high", "n", "method"} or None when not measured."""
 
-    claims: list[dict]
+    claims: list[dict]  # judged at the paper's eps 0.25 and the preset's claim eps (judged_claims)
+    holm: dict  # eps -> Holm's family statement over the counted parts at that eps
     rows: list[dict]
     figure3: list[dict]
     correlation: dict | None  # transfer rate vs D_det accuracy over (architecture, seed) points
@@ -64,11 +66,32 @@ def collect(results: dict) -> Numbers:
     distill = distill_summary(outcomes, evals, extra_stages, stage_results, eps_list, claim_eps) \
         if "leakage" in names else None
     correlation = outcomes.transfer_correlation()
-    return Numbers(claims=judge(outcomes, claim_eps), rows=table_rows(evals, eps_list), figure3=figure3_points(fig3_raw),
+    claims, holm = judged_claims(outcomes, results["preset"])
+    return Numbers(claims=claims, holm=holm, rows=table_rows(evals, eps_list), figure3=figure3_points(fig3_raw),
                    correlation=correlation.to_dict() if correlation else None,
                    synthesized=synth_summary(stage_results), distill=distill,
                    nontransferable=list(extra_stages.get("fig3-nt", {}).values()) if distill else None,
                    theory=stage_results.get("theory", {"headline": ""}))
+
+
+def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
+    """The claims judged by claims.py's rules, at the paper's eps 0.25 (the primary verdict) and at
+    the preset's own claim eps beside it; and Holm's statement at each. A claim whose parts were
+    all not judged (they need --extra distill) says so instead of a verdict."""
+    eps = tuple(dict.fromkeys((0.25, float(preset["claim_eps"]))))
+    parts = judge_outcomes(outcomes, eps)
+    verdicts = {e: claim_verdicts(parts, e) for e in eps}
+    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25)}
+    claims = []
+    for claim_id in dict.fromkeys(j.claim for j in parts):
+        mine = [j for j in parts if j.claim == claim_id]
+        judged = any(not j.verdict.startswith(NOT_JUDGED) for j in mine)
+        at = {f"{e:g}": (verdicts[e].get(claim_id, SHOWN) if judged else mine[0].verdict) for e in eps}
+        text = texts.get(claim_id)
+        claims.append({"id": claim_id, "statement": text.statement if text else claim_id,
+                       "paper": text.paper if text else "", "counted": any(j.counted for j in mine),
+                       "verdict": at["0.25"], "verdicts": at, "parts": [j.to_dict() for j in mine]})
+    return claims, {f"{e:g}": holm_family(parts, e) for e in eps}
 
 
 def by_seed(results: dict, name: str) -> dict[int, dict]:

@@ -74,7 +74,8 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
     pipeline.run_all()
     from advfeat.report import sample_images, write_report
 
-    results = {"preset": preset.to_dict(), "extras": list(dict.fromkeys(preset.extras + tuple(extras))),
+    every_extra = list(dict.fromkeys(preset.extras + tuple(extras)))
+    results = {"preset": preset.to_dict() | {"extras": every_extra}, "extras": every_extra,
                "data": {"path": sources.path, "digest": pipeline.data_digest, "format": sources.source.get("format"),
                         "lossy": sources.source.get("lossy")},
                "test_images": sources.test_images | {"seed": 0, "n": len(sources.test())},
