@@ -508,3 +508,63 @@ def figure3_means(fig3: dict) -> dict:
 def judge_outcomes(outcomes: Outcomes, eps: tuple = (0.25,), preset_note: str = "", **kw) -> list[Judged]:
     """judge_parts on a reproduction's stage results: what the report calls."""
     return judge_parts(evidence_from_outcomes(outcomes, eps), eps, preset_note, **kw)
+
+
+# =========================================================================== Section 4: the Gaussian model
+#
+# The theory stage computes the paper's Section 4 exactly (advfeat/theory). These rules check the
+# three theorems' statements on its numbers; they are checks of a computation, not statistics.
+
+THEORY_TOLERANCE = 0.05  # Theorem 2: the L2-ball fit vs the closed form's family, max relative error
+
+
+def section4_rules(gaussian: dict) -> list[dict]:
+    """Theorems 1-3 judged on the theory stage's gaussian.json: each {"theorem", "rule", "value",
+    "verdict"}.
+
+    Theorem 1: the penalty adversary's loss gap is gap = 1/2 (tr[(I + (C Sigma - I)^-1)^2] - d)
+        (the NLL's factor 1/2; the paper writes tr[...] - d); the closed form must agree with
+        Monte Carlo within 3 standard errors, and exceed the gap of the isotropic covariance of
+        the same trace (the theorem's point: misalignment makes the gap).
+    Theorem 2: the robust MLE keeps the mean (|mu_r - mu| <= 1e-6) and its covariance is the
+        closed form's Sigma_r(lambda) for some lambda (max relative error <= THEORY_TOLERANCE).
+    Theorem 3: the worst-case alignment of the input gradient with the class axis never falls
+        as eps grows, and ends above where it starts, in 2 and in d dimensions.
+    """
+    gap = gaussian["loss_gap"]
+    agree = abs(gap["closed_form"] - gap["monte_carlo"]) <= 3 * gap["monte_carlo_se"]
+    bigger = gap["closed_form"] > gap["isotropic_same_trace"]
+    two, many = gaussian["two_dim"], gaussian["d_dim"]
+    mean_kept = max(max(abs(a - b) for a, b in zip(r["mu_r"], two["mu"])) for r in _fits(two))
+    worst_fit = max(c["max_rel_error"] for study in (two, many) for c in study["closest_closed_form"])
+    rising = all(_non_decreasing([r["worst_case_alignment"] for r in _fits(study)]) for study in (two, many))
+    return [
+        {"theorem": "Theorem 1 (loss gap)",
+         "rule": "closed form within 3 Monte Carlo SE, and above the isotropic covariance's gap",
+         "value": (f"gap {gap['closed_form']:.3f} (the paper's tr[...] - d form: {2 * gap['closed_form']:.3f}); Monte "
+                   f"Carlo {gap['monte_carlo']:.3f} +- {gap['monte_carlo_se']:.3f}; isotropic "
+                   f"{gap['isotropic_same_trace']:.3f} (C = {gap['penalty_C']:g})"),
+         "verdict": HOLDS if agree and bigger else FAILS},
+        {"theorem": "Theorem 2 (robust MLE)",
+         "rule": f"mean kept (|mu_r - mu| <= 1e-6); covariance within {100 * THEORY_TOLERANCE:g}% of the closed form",
+         "value": f"|mu_r - mu| <= {mean_kept:.1e}; max relative error {100 * worst_fit:.1f}%",
+         "verdict": HOLDS if mean_kept <= 1e-6 and worst_fit <= THEORY_TOLERANCE else FAILS},
+        {"theorem": "Theorem 3 (gradient alignment)",
+         "rule": "worst-case alignment non-decreasing in eps (2-D and d-D)",
+         "value": ", ".join(f"{len(s['mu'])}-D {_span(s)}" for s in (two, many)),
+         "verdict": HOLDS if rising else FAILS},
+    ]
+
+
+def _non_decreasing(values: list[float], tol: float = 1e-9) -> bool:
+    return all(b >= a - tol for a, b in zip(values, values[1:])) and values[-1] > values[0]
+
+
+def _fits(study: dict) -> list[dict]:
+    """A study's robust fits over eps: by quadrature where it has them (exact), else from samples."""
+    return study["quadrature"] if "quadrature" in study else study["samples"]
+
+
+def _span(study: dict) -> str:
+    fits = _fits(study)
+    return f"{fits[0]['worst_case_alignment']:.2f} -> {fits[-1]['worst_case_alignment']:.2f}"

@@ -8,13 +8,15 @@ stages (the theory) have no "@".
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from advfeat.claims import (NOT_JUDGED, SHOWN, Outcomes, claim_verdicts, claims_at, distill_claims_at, holm_family,
-                            judge, judge_outcomes)
+                            judge, judge_outcomes, section4_rules)
 from advfeat.paper import FIGURE3, paper
 from advfeat.settings import KINDS
 from advfeat.stats import mean_interval, wilson_interval
@@ -71,7 +73,7 @@ def collect(results: dict) -> Numbers:
                    correlation=correlation.to_dict() if correlation else None,
                    synthesized=synth_summary(stage_results), distill=distill,
                    nontransferable=list(extra_stages.get("fig3-nt", {}).values()) if distill else None,
-                   theory=stage_results.get("theory", {"headline": ""}))
+                   theory=theory_numbers(stage_results.get("theory", {"headline": ""}), results.get("theory_dir")))
 
 
 def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
@@ -92,6 +94,14 @@ def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
                        "paper": text.paper if text else "", "counted": any(j.counted for j in mine),
                        "verdict": at["0.25"], "verdicts": at, "parts": [j.to_dict() for j in mine]})
     return claims, {f"{e:g}": holm_family(parts, e) for e in eps}
+
+
+def theory_numbers(theory: dict, folder: str | None) -> dict:
+    """The theory stage's result, with Section 4's theorems judged on its gaussian.json."""
+    path = Path(folder) / "gaussian.json" if folder else None
+    if path is None or not path.is_file():
+        return theory
+    return theory | {"rules": section4_rules(json.loads(path.read_text()))}
 
 
 def by_seed(results: dict, name: str) -> dict[int, dict]:

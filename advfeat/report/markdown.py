@@ -378,7 +378,12 @@ def _nontransferable_lines(distill: dict) -> list[str]:
 
 def theory_section(theory: dict, figures: dict[str, str]) -> list[str]:
     """Section 4: the theory stage's headline and its figures (those copied)."""
+    rules = theory.get("rules", [])
+    table = ["| theorem | rule | ours | verdict |", "|---|---|---|---|",
+             *[f"| {r['theorem']} | {r['rule']} | {r['value']} | **{r['verdict']}** |" for r in rules]]
     return ["## Section 4: the Gaussian model", "", theory["headline"], "",
+            *(["Each theorem judged by a stated numeric rule (advfeat/claims.py, section4_rules):", "", *table, ""]
+              if rules else []),
             *[f"![{name}]({figures[name]})" for name in THEORY_FIGURES if name in figures]]
 
 
