@@ -14,7 +14,7 @@ from advfeat.errors import UserError
 from conftest import ContiguousGradient, LinearBinary
 
 torchattacks = pytest.importorskip("torchattacks")
-from torchattacks.attacks import fab as ta_fab  # noqa: E402  (the module, for its projections)
+from torchattacks.attacks import fab as ta_fab  # the module, for its projections
 
 
 def linear_case(seed: int = 0, n: int = 12):
