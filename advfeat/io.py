@@ -8,6 +8,7 @@ filesystems. This module is the one writer: JSON, figures and shards all go thro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -54,3 +55,12 @@ def write_json(dest: Path | str, obj) -> None:
 
 def read_json(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time (a checkpoint is never held twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -31,7 +31,6 @@ The library's normalizer also clamps inputs to [0, 1]; advfeat's inputs are alwa
 from __future__ import annotations
 
 import datetime
-import hashlib
 import re
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 
 from advfeat import __version__
 from advfeat.errors import UserError
+from advfeat.io import file_sha256
 from advfeat.models.classifier import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from advfeat.models.registry import create_model
 from advfeat.models.safe_pickle import read_torch_pickle
@@ -274,14 +274,6 @@ def _normalization(found: dict | None, where: Path) -> dict:
             "matches_cifar10": matches}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def guess_arch(state: dict[str, torch.Tensor], where: Path) -> str:
     """The one importable architecture whose names fit the file's keys (models built on the
     meta device: no memory, no initialization)."""
@@ -320,7 +312,7 @@ def load_robustness(path: Path | str, arch: str | None = None) -> tuple[Classifi
         "kind": "model", "advfeat_version": __version__, "arch": arch, "num_classes": num_classes,
         "feature_dim": skeleton.feature_dim,
         "source": "robustness",
-        "source_file": {"name": path.name, "sha256": sha256_of(path),
+        "source_file": {"name": path.name, "sha256": file_sha256(path),
                         "epoch": epoch if isinstance(epoch, int) else None},
         "normalization": _normalization(found, path),
         "torch_version": torch.__version__,

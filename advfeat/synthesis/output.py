@@ -8,7 +8,6 @@ into a folder that holds one (unless --force, which clears only advfeat's own fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from advfeat.checkpoint import WEIGHTS
 from advfeat.errors import UserError
-from advfeat.io import read_json, write_json
+from advfeat.io import file_sha256, read_json, write_json
 from advfeat.data.arrays import Split
 from advfeat.data.synthesized import CARD, DATASET_FORMAT, RUN, SHARD_PATTERN, read_shard, write_dataset_card
 from advfeat.settings import SynthSettings
@@ -25,17 +24,9 @@ from advfeat.synthesis.draws import shard_ranges
 
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_record(settings: SynthSettings, model_dir: str, dataset_source: dict, n: int) -> dict:
     """What identifies a run: a restart with the same record resumes it."""
-    return {"settings": asdict(settings), "model_weights_sha256": file_digest(Path(model_dir) / WEIGHTS),
+    return {"settings": asdict(settings), "model_weights_sha256": file_sha256(Path(model_dir) / WEIGHTS),
             "source_digest": dataset_source.get("digest"), "subset": settings.subset, "n": n, "format": DATASET_FORMAT}
 
 
