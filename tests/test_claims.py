@@ -51,6 +51,12 @@ def test_when_every_claim_is_true_every_counted_part_holds():
     assert all(j.rival for j in parts)
 
 
+def test_parts_come_in_the_papers_claim_order_then_the_distill_ones():
+    claims = list(dict.fromkeys(j.claim for j in judged()))
+    assert claims == ["adversarial-training", "robust-features", "non-robust-features-accuracy",
+                      "non-robust-features-suffice", "against-robust-features", FIG3, "dr-from-noise"]
+
+
 def test_the_precondition_and_the_share_are_shown_not_counted():
     parts = judged()
     precondition = find(parts, "adversarial-training", "robust acc.")
