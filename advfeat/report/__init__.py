@@ -49,7 +49,8 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
 def report_json(results: dict, numbers: Numbers, figures: dict[str, str]) -> dict:
     """report.json: the numbers, reproduce's record without the stages' full results (those,
     per-image outcomes included, stay in their stage.json files), slim stage records, figures."""
-    return {"claims": numbers.claims, "distill_claims": numbers.distill["claims"] if numbers.distill else [],
+    return {"claims": numbers.claims, "holm": numbers.holm,
+            "distill_claims": numbers.distill["claims"] if numbers.distill else [],
             "distill": numbers.distill, "rows": numbers.rows, "figure3": numbers.figure3,
             "figure3_correlation": numbers.correlation, "synthesized": numbers.synthesized,
             **{k: v for k, v in results.items() if k not in ("results", "stages")},
