@@ -552,7 +552,8 @@ def section4_rules(gaussian: dict) -> list[dict]:
                    f"{gap['isotropic_same_trace']:.3f} (C = {gap['penalty_C']:g})"),
          "verdict": HOLDS if agree and bigger else FAILS},
         {"theorem": "Theorem 2 (robust MLE)",
-         "rule": f"mean kept (max abs(mu_r - mu) <= 1e-6); covariance within {100 * THEORY_TOLERANCE:g}% of the closed form",
+         "rule": (f"mean kept (max abs(mu_r - mu) <= 1e-6); covariance within {100 * THEORY_TOLERANCE:g}% of the "
+                  "closed form"),
          "value": f"max abs(mu_r - mu) = {mean_kept:.1e}; max relative error {100 * worst_fit:.1f}%",
          "verdict": HOLDS if mean_kept <= 1e-6 and worst_fit <= THEORY_TOLERANCE else FAILS},
         {"theorem": "Theorem 3 (gradient alignment)",

@@ -140,7 +140,8 @@ def robust_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps_list: list[floa
     return ACCURACY_BY_FAMILY[spec.family](model, x, y, eps_list, spec, seed=seed, progress=progress, **resume)
 
 
-def pgd_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0, progress: bool = False) -> dict:
+def pgd_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: int = 0,
+                 progress: bool = False) -> dict:
     """PGD at each eps, smallest first; with spec.share only the survivors of a smaller eps are
     attacked (the point that broke an example there lies in every larger ball)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -181,7 +182,8 @@ def cw_accuracy(model, x, y, eps_list: list[float], spec: AttackSpec, *, seed: i
                "image_steps_per_s": round(cw.image_steps / max(cw.seconds, 1e-9), 1)}
         rows.append(_finish_row(row, model, x, y, spec, generator, correct & (distances > eps)))
     finite = distances[correct & torch.isfinite(distances)]
-    return _accuracy_record(correct, y, spec, rows) | {"median_distance": float(finite.median()) if len(finite) else None}
+    median = float(finite.median()) if len(finite) else None
+    return _accuracy_record(correct, y, spec, rows) | {"median_distance": median}
 
 
 def _finish_row(row: dict, model, x, y, spec: AttackSpec, generator, robust: torch.Tensor) -> dict:

@@ -22,7 +22,7 @@ from advfeat.attacks.square import square_attack
 from advfeat.attacks.threats import L2Threat, LinfThreat, ThreatModel, make_threat
 
 __all__ = [
-    "AttackResult", "CWResult", "EnsembleResult", "FABResult", "L2Threat", "LinfThreat", "MatchFeatures", "Misclassify", "Objective",
-    "ReachTarget", "ThreatModel", "apgd", "apgd_targeted", "autoattack", "batched_forward", "cw_l2", "fab", "fab_targeted", "frozen",
-    "frozen_view", "make_threat", "pgd", "square_attack",
+    "AttackResult", "CWResult", "EnsembleResult", "FABResult", "L2Threat", "LinfThreat", "MatchFeatures", "Misclassify",
+    "Objective", "ReachTarget", "ThreatModel", "apgd", "apgd_targeted", "autoattack", "batched_forward", "cw_l2", "fab",
+    "fab_targeted", "frozen", "frozen_view", "make_threat", "pgd", "square_attack",
 ]

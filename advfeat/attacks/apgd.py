@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Objective
-from advfeat.attacks.engine import (Slots, batched_forward, check_targets, drain_queue, objective_and_gradient, objective_only,
-                                 rows)
+from advfeat.attacks.engine import (Slots, batched_forward, check_targets, drain_queue, objective_and_gradient,
+                                    objective_only, rows)
 from advfeat.attacks.threats import ThreatModel, make_threat
 from advfeat.errors import UserError
 from advfeat.attacks.results import EnsembleResult

@@ -63,7 +63,8 @@ def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: So
         linear_test = linear(x_test.flatten(1))
         result["linear_model"] = {"train_eps": train_eps,
                                   "clean_accuracy": probe_accuracy(linear, x_test.flatten(1), y_test),
-                                  "certified_stable_at_0.25": float(certified_stable(linear, x_test, 0.25).float().mean())}
+                                  "certified_stable_at_0.25":
+                                      float(certified_stable(linear, x_test, 0.25).float().mean())}
         for name, (x, y) in tensors.items():
             probe = fit_linear_probe(features_of(robust, x, batch_size), y, robust.num_classes)
             result[name] = probe_accuracy(probe, test_features, y_test)
@@ -145,7 +146,8 @@ def plan_distill(planner: Planner, seed: int, main: SeedStages) -> None:
     preset, sources, device = planner.preset, planner.sources, planner.device
     n_train, batch = planner.n_train, preset.attack.batch_size
     models, datasets = dict(main.models), main.datasets
-    planner.add(Stage("leakage", seed, {"batch_size": batch, "subset": preset.subset, "test_images": sources.test_images},
+    settings = {"batch_size": batch, "subset": preset.subset, "test_images": sources.test_images}
+    planner.add(Stage("leakage", seed, settings,
                       (models["robust"], datasets["rand"], datasets["det"]),
                       leakage_stage(models["robust"], {"rand": datasets["rand"], "det": datasets["det"]}, sources, seed,
                                     batch, device, planner.log),
