@@ -146,20 +146,7 @@ class CifarPythonReader:
         return stat_fingerprint([f for f in files if f.exists()], where.parent)
 
     def _raw_batches(self, where: Path) -> dict[str, bytes]:
-        wanted = {b for bs in self.batches.values() for b in bs}
-        if where.is_dir():
-            found = {b: (where / b).read_bytes() for b in wanted if (where / b).is_file()}
-        else:
-            found = {}
-            with tarfile.open(where) as tf:
-                for member in tf:
-                    name = member.name.rsplit("/", 1)[-1]
-                    if member.isfile() and name in wanted:
-                        found[name] = tf.extractfile(member).read()
-        missing = sorted(wanted - found.keys())
-        if missing:
-            raise UserError(f"{where} lacks CIFAR-10 batches {', '.join(missing)}")
-        return found
+        return read_named_files(where, {b for bs in self.batches.values() for b in bs}, "CIFAR-10 batches")
 
     def read(self, path: Path) -> Dataset:
         where = self._locate(path)
@@ -169,6 +156,27 @@ class CifarPythonReader:
             parts = [_load_python_batch(raw[n], f"{where}/{n}") for n in names]
             splits[split] = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         return Dataset(splits["train"], splits["test"], {"format": self.name, "path": str(path.resolve())})
+
+
+def read_named_files(where: Path, wanted: set[str], what: str) -> dict[str, bytes]:
+    """The bytes of the files named `wanted` in a folder or (by base name) in a tar archive;
+    a missing one or an unreadable archive is one line naming `what`."""
+    found = {}
+    try:
+        if where.is_dir():
+            found = {name: (where / name).read_bytes() for name in wanted if (where / name).is_file()}
+        else:
+            with tarfile.open(where) as tf:
+                for member in tf:
+                    name = member.name.rsplit("/", 1)[-1]
+                    if member.isfile() and name in wanted:
+                        found[name] = tf.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise UserError(f"cannot read archive {where}: {err}") from None
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise UserError(f"{where} lacks {what} {', '.join(missing)}")
+    return found
 
 
 # --------------------------------------------------------------------------- CIFAR-100
@@ -203,21 +211,7 @@ class Cifar100PythonReader:
         return stat_fingerprint(files, where.parent)
 
     def _raw(self, where: Path) -> dict[str, bytes]:
-        if where.is_dir():
-            return {f: (where / f).read_bytes() for f in self.files}
-        found = {}
-        try:
-            with tarfile.open(where) as tf:
-                for member in tf:
-                    name = member.name.rsplit("/", 1)[-1]
-                    if member.isfile() and name in self.files:
-                        found[name] = tf.extractfile(member).read()
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise UserError(f"cannot read archive {where}: {err}") from None
-        missing = [f for f in self.files if f not in found]
-        if missing:
-            raise UserError(f"{where} lacks CIFAR-100 files {', '.join(missing)}")
-        return found
+        return read_named_files(where, set(self.files), "CIFAR-100 files")
 
     def read(self, path: Path) -> Dataset:
         where = self._locate(path)
