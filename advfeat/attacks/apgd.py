@@ -186,10 +186,8 @@ class APGDSlots(Slots):
 
     def __init__(self, width: int, x0p: torch.Tensor, labelsp: torch.Tensor, pad: int, eta0: float):
         device = x0p.device
-        self.width, self.pad, self.eta0 = width, pad, eta0
-        self.idx = torch.full((width,), pad, dtype=torch.long, device=device)
-        self.x0 = x0p[self.idx].clone()
-        self.labels = labelsp[self.idx].clone()
+        self.start_slots(width, x0p, labelsp, pad)
+        self.eta0 = eta0
         for name in ("x", "x_prev", "best_x", "best_grad", "adv_x"):
             setattr(self, name, self.x0.clone())
         self.t = torch.zeros(width, dtype=torch.long, device=device)
@@ -199,15 +197,10 @@ class APGDSlots(Slots):
             setattr(self, name, torch.zeros(width, device=device))
         for name in ("alive", "reduced", "success", "zero_grad"):
             setattr(self, name, torch.zeros(width, dtype=torch.bool, device=device))
-        self.busy = np.zeros(width, dtype=bool)
-        self.t_host = np.zeros(width, dtype=np.int64)
 
     def fill(self, positions: np.ndarray, examples: torch.Tensor, start: torch.Tensor, x0p, labelsp) -> None:
         """Put examples into the slots at `positions`, at iteration 0 from `start`."""
-        pos = torch.as_tensor(positions, device=self.idx.device)
-        self.idx[pos] = examples
-        self.x0[pos] = x0p[examples]
-        self.labels[pos] = labelsp[examples]
+        pos = self.take(positions, examples, x0p, labelsp)
         for name in ("x", "x_prev", "best_x", "adv_x"):
             getattr(self, name)[pos] = start
         self.best_grad[pos] = 0.0
@@ -222,8 +215,6 @@ class APGDSlots(Slots):
         self.success[pos] = False
         self.success_t[pos] = -1
         self.zero_grad[pos] = False
-        self.busy[positions] = True
-        self.t_host[positions] = 0
 
     def release(self, positions: np.ndarray, results: APGDRecords) -> None:
         """Write the slots' outcome back to their examples, and free the slots.

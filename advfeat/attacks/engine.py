@@ -105,6 +105,29 @@ class Slots:
     busy: np.ndarray
     t_host: np.ndarray
 
+    def start_slots(self, width: int, x0p: torch.Tensor, labelsp: torch.Tensor, pad: int) -> None:
+        """The state every labelled slot batch has: per slot an example index (`pad`, the spare
+        row, when empty), its clean image and label on the device; busy and steps on the host."""
+        device = x0p.device
+        self.width, self.pad = width, pad
+        self.idx = torch.full((width,), pad, dtype=torch.long, device=device)
+        self.x0 = x0p[self.idx].clone()
+        self.labels = labelsp[self.idx].clone()
+        self.busy = np.zeros(width, dtype=bool)
+        self.t_host = np.zeros(width, dtype=np.int64)
+
+    def take(self, positions: np.ndarray, examples: torch.Tensor, x0p: torch.Tensor, labelsp: torch.Tensor
+             ) -> torch.Tensor:
+        """Put examples (index, clean image, label) into the slots at `positions`, busy at step 0;
+        returns the positions as a device tensor for the attack's own fields."""
+        pos = torch.as_tensor(positions, device=self.idx.device)
+        self.idx[pos] = examples
+        self.x0[pos] = x0p[examples]
+        self.labels[pos] = labelsp[examples]
+        self.busy[positions] = True
+        self.t_host[positions] = 0
+        return pos
+
     def shrink(self, width: int) -> None:
         """Keep the busy slots, in order, in a batch of `width` slots (width >= busy slots)."""
         keep = np.flatnonzero(self.busy)

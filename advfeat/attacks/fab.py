@@ -171,31 +171,21 @@ class FABSlots(Slots):
 
     def __init__(self, width: int, x0p: torch.Tensor, labelsp: torch.Tensor, pad: int):
         device = x0p.device
-        self.width = width
-        self.idx = torch.full((width,), pad, dtype=torch.long, device=device)
-        self.x0 = x0p[self.idx].clone()
-        self.labels = labelsp[self.idx].clone()
+        self.start_slots(width, x0p, labelsp, pad)
         self.x, self.best_x = self.x0.clone(), self.x0.clone()
         self.best_norm = torch.full((width,), math.inf, device=device)
         self.t = torch.zeros(width, dtype=torch.long, device=device)
         self.alive = torch.zeros(width, dtype=torch.bool, device=device)
         self.success_t = torch.full((width,), -1, dtype=torch.long, device=device)
-        self.busy = np.zeros(width, dtype=bool)
-        self.t_host = np.zeros(width, dtype=np.int64)
 
     def fill(self, positions: np.ndarray, examples: torch.Tensor, start: torch.Tensor, x0p, labelsp) -> None:
-        pos = torch.as_tensor(positions, device=self.idx.device)
-        self.idx[pos] = examples
-        self.x0[pos] = x0p[examples]
-        self.labels[pos] = labelsp[examples]
+        pos = self.take(positions, examples, x0p, labelsp)
         self.x[pos] = start
         self.best_x[pos] = x0p[examples]
         self.best_norm[pos] = math.inf
         self.t[pos] = 0
         self.alive[pos] = True
         self.success_t[pos] = -1
-        self.busy[positions] = True
-        self.t_host[positions] = 0
 
     def release(self, positions: np.ndarray, results: FABRecords) -> None:
         """Keep the closer adversarial point of this run and earlier ones; free the slots."""
