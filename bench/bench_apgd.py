@@ -24,10 +24,9 @@ import time
 
 import pytest
 import torch
+from conftest import batch_of, model_for
 
 from advfeat.attacks.apgd import apgd
-from advfeat.models import create_model
-from advfeat.runtime import prepare_model
 
 EPS = {"l2": 0.5, "linf": 8 / 255}
 CPU_CASES, CPU_ITERS, CPU_ROUNDS = [("tiny", 128), ("small", 128)], 20, 3
@@ -35,22 +34,6 @@ CUDA_CASES, CUDA_ITERS, CUDA_ROUNDS = [(a, b) for a in ("resnet18", "resnet50") 
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 _baseline_rate: dict[str, float] = {}  # group -> baseline image-steps/s, read by the cases after it
-
-
-def model_for(impl: str, arch: str, device: torch.device) -> torch.nn.Module:
-    """The same weights for every impl (seeded): the baseline gets a plain .to(device), advfeat
-    what its own scripts prepare."""
-    torch.manual_seed(0)
-    model = create_model(arch).eval()
-    return model.to(device) if impl == "baseline" else prepare_model(model, device)
-
-
-def batch_of(model, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images, labelled with the model's own predictions (all correctly classified)."""
-    x = torch.rand(size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return x, y
 
 
 def attack(impl: str, model, x, y, norm: str, n_iter: int):

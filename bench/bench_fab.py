@@ -27,50 +27,16 @@ import time
 
 import pytest
 import torch
+from conftest import batch_of, model_for
 
 from advfeat.attacks.autoattack import autoattack
 from advfeat.attacks.fab import fab_targeted
-from advfeat.models import create_model
-from advfeat.runtime import prepare_model
+from advfeat.interop import ContiguousGradient
 
 EPS = {"l2": 0.25, "linf": 2 / 255}
 TA_NORM = {"l2": "L2", "linf": "Linf"}
 CPU_ARCH, CPU_BATCH, CPU_ITERS, CPU_ROUNDS = "tiny", 32, 10, 2
 _baseline_rate: dict[str, float] = {}
-
-
-def model_for(impl: str, arch: str, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(arch).eval()
-    return model.to(device) if impl == "baseline" else prepare_model(model, device)
-
-
-def batch_of(model, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.rand(size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return x, y
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward returns a contiguous gradient (torchattacks .view()s it)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-class Contiguous(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_ContiguousGrad.apply(x))
 
 
 def robust_of(model, adv, x, y, norm: str, eps: float) -> torch.Tensor:
@@ -87,13 +53,13 @@ def attack(group: str, impl: str, model, x, y, norm: str, n_iter: int):
     eps = EPS[norm]
     if group == "fab-t":
         if impl == "baseline":
-            atk = torchattacks.FAB(Contiguous(model).eval(), norm=TA_NORM[norm], eps=eps, steps=n_iter, n_restarts=1,
+            atk = torchattacks.FAB(ContiguousGradient(model).eval(), norm=TA_NORM[norm], eps=eps, steps=n_iter, n_restarts=1,
                                    multi_targeted=True, n_classes=10)
             return lambda: robust_of(model, atk(x, y), x, y, norm, eps)
         return lambda: ~fab_targeted(model, x, y, norm=norm, eps=eps, n_iter=n_iter,
                                      retire=impl == "advfeat-retire").success
     if impl == "baseline":
-        atk = torchattacks.AutoAttack(Contiguous(model).eval(), norm=TA_NORM[norm], eps=eps, version="standard",
+        atk = torchattacks.AutoAttack(ContiguousGradient(model).eval(), norm=TA_NORM[norm], eps=eps, version="standard",
                                       n_classes=10, seed=0)
         return lambda: robust_of(model, atk(x, y), x, y, norm, eps)
     return lambda: autoattack(model, x, y, norm=norm, eps=eps, n_iter=n_iter, version="standard",

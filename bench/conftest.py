@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from advfeat.runtime import device_name
+from advfeat.models import create_model
+from advfeat.runtime import device_name, prepare_model
 
 # Shown in the closing summary, in this order, when a benchmark recorded them.
 SUMMARY_KEYS = ("image_steps_per_s", "images_per_s", "ratio_vs_baseline", "bf16_peak_fraction", "cpu_s_per_s")
@@ -59,3 +60,19 @@ def pytest_terminal_summary(terminalreporter):
     for group, name, info in _measured:
         rates = "  ".join(f"{key}={info[key]:.4g}" for key in SUMMARY_KEYS if key in info)
         terminalreporter.write_line(f"{group:<32} {name:<48} {rates}")
+
+
+def model_for(impl: str, arch: str, device: torch.device) -> torch.nn.Module:
+    """The same weights for every impl (seeded): the baseline gets a plain .to(device), advfeat
+    what its own scripts prepare."""
+    torch.manual_seed(0)
+    model = create_model(arch).eval()
+    return model.to(device) if impl == "baseline" else prepare_model(model, device)
+
+
+def batch_of(model, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images, labelled with the model's own predictions (all correctly classified)."""
+    x = torch.rand(size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return x, y

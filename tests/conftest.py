@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+
 from advfeat.data import CIFAR10_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,19 +133,6 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the gradient contiguous: torchattacks .view()s it, and
-    advfeat's channels_last frozen view returns channels_last gradients."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
 @pytest.fixture(scope="module")
 def trained_tiny(shared_data, tmp_path_factory):
     """A tiny net trained for two epochs on 4,000 real images (training.train_tiny, as the doctor
@@ -189,13 +177,3 @@ class Quantized(torch.nn.Module):
         return self.inner(torch.round(x * 3) / 3, return_features=return_features)
 
 
-class ContiguousGradient(torch.nn.Module):
-    """A model wrapped so that the gradient w.r.t. its input comes back contiguous (for
-    torchattacks, which .view()s it)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(_ContiguousGrad.apply(x))

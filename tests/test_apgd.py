@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from advfeat.attacks import frozen_view, make_threat, pgd
-from advfeat.attacks.apgd import apgd, apgd_targeted, checkpoints, top_classes
+from advfeat.attacks.apgd import apgd, apgd_targeted, checkpoints
+from advfeat.attacks.engine import top_classes
 from advfeat.attacks.autoattack import autoattack
 from advfeat.attacks.square import square_attack
 from advfeat.evaluation import autoattack_accuracy
 from advfeat.errors import UserError
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient, LinearBinary, Quantized
+from advfeat.interop import ContiguousGradient
+from conftest import LinearBinary, Quantized
 
 torchattacks = pytest.importorskip("torchattacks")
 

@@ -15,7 +15,8 @@ from advfeat.errors import UserError
 from advfeat.evaluation import AttackSpec, robust_accuracy
 from advfeat.models import create_model
 
-from conftest import ContiguousGradient, LinearBinary, Quantized, run_cli
+from advfeat.interop import ContiguousGradient
+from conftest import LinearBinary, Quantized, run_cli
 
 
 def linear_setup(n: int = 8, seed: int = 0):

@@ -11,7 +11,8 @@ import torch
 from advfeat.attacks.fab import fab, fab_targeted, flat_norm, project_l2, project_linf
 from advfeat.errors import UserError
 
-from conftest import ContiguousGradient, LinearBinary
+from advfeat.interop import ContiguousGradient
+from conftest import LinearBinary
 
 torchattacks = pytest.importorskip("torchattacks")
 from torchattacks.attacks import fab as ta_fab  # the module, for its projections

@@ -455,7 +455,7 @@ def test_wrapped_model_is_attacked_like_torchattacks_does(wrapped_resnet18):
     """advfeat's PGD on the wrapped model against torchattacks' on the same function; APGD
     must break at least as much as PGD."""
     torchattacks = pytest.importorskip("torchattacks")
-    from conftest import ContiguousGradient
+    from advfeat.interop import ContiguousGradient
 
     from advfeat.attacks import apgd, frozen_view, make_threat, pgd
 

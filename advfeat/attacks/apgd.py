@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.objectives import Objective
-from advfeat.attacks.engine import (Slots, batched_forward, check_targets, drain_queue, objective_and_gradient,
+from advfeat.attacks.engine import (Slots, attack_targets, check_targets, drain_queue, objective_and_gradient,
                                     objective_only, rows)
 from advfeat.attacks.threats import ThreatModel, make_threat
 from advfeat.errors import UserError
@@ -443,11 +443,6 @@ def _momentum_step(slots: APGDSlots, grad: torch.Tensor, fresh: torch.Tensor, th
 # --------------------------------------------------------------------------- targeted, over classes
 
 
-def top_classes(logits: torch.Tensor, y: torch.Tensor, count: int) -> torch.Tensor:
-    """(N, count): each example's classes by decreasing clean logit, its true class left out."""
-    return logits.float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)[:, :count]
-
-
 def apgd_targeted(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -471,13 +466,7 @@ def apgd_targeted(
     the last run for the unbroken; -1 where no run reached the example).
     Success is any misclassification by default, as in AutoAttack."""
     check_apgd_args(norm, eps, n_iter, "dlr-targeted", restarts, 0.75)
-    if clean_logits is None:
-        clean_logits = batched_forward(model, x, batch_size, compile=compile)
-    num_classes = clean_logits.shape[1]
-    if not 1 <= n_target_classes < num_classes:
-        raise UserError(f"n_target_classes must be in 1..{num_classes - 1} (the model has {num_classes} classes), "
-                        f"got {n_target_classes}")
-    targets = top_classes(clean_logits, y, n_target_classes)
+    targets = attack_targets(model, x, y, n_target_classes, clean_logits, batch_size, compile)
     n, device = len(x), x.device
     merged = EnsembleResult(x.clone(), torch.zeros(n, dtype=torch.bool, device=device), torch.full((n,), -math.inf,
                         device=device), torch.zeros(n, dtype=torch.long, device=device),

@@ -18,6 +18,7 @@ channels_last, compiled if asked), under bf16 autocast on CUDA; perturbed images
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -85,6 +86,25 @@ def check_targets(target: torch.Tensor, num_classes: int | None) -> None:
         if low < 0 or high >= num_classes:
             raise UserError(f"targets must be classes 0..{num_classes - 1}, got values in [{low}, {high}]")
 
+
+
+def top_classes(logits: torch.Tensor, y: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, count): each example's classes by decreasing clean logit, its true class left out."""
+    return logits.float().scatter(1, y[:, None], -math.inf).argsort(1, descending=True)[:, :count]
+
+
+def attack_targets(model, x: torch.Tensor, y: torch.Tensor, n_target_classes: int,
+                   clean_logits: torch.Tensor | None, batch_size: int | None, compile: bool | None) -> torch.Tensor:
+    """The target classes of a targeted attack (APGD-T, FAB-T): per example the n_target_classes
+    classes of highest clean logit, the true one left out; [N, n_target_classes]. The clean
+    logits are computed when not given; an n outside 1..classes-1 is one line."""
+    if clean_logits is None:
+        clean_logits = batched_forward(model, x, batch_size, compile=compile)
+    classes = clean_logits.shape[1]
+    if not 1 <= n_target_classes < classes:
+        raise UserError(f"n_target_classes must be in 1..{classes - 1} (the model has {classes} classes), "
+                        f"got {n_target_classes}")
+    return top_classes(clean_logits, y, n_target_classes)
 
 
 # --------------------------------------------------------------------------- the slot batch

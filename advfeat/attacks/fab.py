@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from advfeat.attacks.engine import Slots, drain_queue, rows
+from advfeat.attacks.engine import Slots, attack_targets, drain_queue, rows
 from advfeat.attacks.forward import frozen, frozen_view
 from advfeat.attacks.results import EnsembleResult
 from advfeat.errors import UserError
@@ -399,18 +399,10 @@ def fab_targeted(
     clean logit (the true class left out), in that order, each run on the examples no earlier
     run broke (within eps). result.target: the class of the run that broke each example (-1:
     none did). options: as `fab` (batch_size, generator, retire, ...)."""
-    from advfeat.attacks.apgd import top_classes  # one home for "the top classes"
-    from advfeat.attacks.engine import batched_forward
-
     check_fab_args(norm, eps, n_iter, restarts, options.get("alpha_max", 0.1), options.get("eta", 1.05),
                    options.get("beta", 0.9))
-    if clean_logits is None:
-        clean_logits = batched_forward(model, x, options.get("batch_size"), compile=options.get("compile"))
-    classes = clean_logits.shape[1]
-    if not 1 <= n_target_classes < classes:
-        raise UserError(f"n_target_classes must be in 1..{classes - 1} (the model has {classes} classes), "
-                        f"got {n_target_classes}")
-    targets = top_classes(clean_logits, y, n_target_classes)
+    targets = attack_targets(model, x, y, n_target_classes, clean_logits, options.get("batch_size"),
+                             options.get("compile"))
     n, device = len(x), x.device
     merged = FABResult(x.clone().float(), torch.zeros(n, dtype=torch.bool, device=device),
                        torch.full((n,), -math.inf, device=device), torch.zeros(n, dtype=torch.long, device=device),
