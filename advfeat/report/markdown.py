@@ -151,7 +151,7 @@ def claims_section(claims: list[dict], holm: dict, results: dict) -> list[str]:
         if not c["counted"]:
             for part in c["parts"]:
                 if part["interval"]:
-                    lines += ["", f"Precondition, not a claim of the paper ({c['statement'].lower()}): "
+                    lines += ["", f"Precondition, not a claim of the paper: {c['statement']}. "
                                   f"{part['part']}: {judged_effect(part)}, {part['verdict']}."]
     for e in eps:
         if e in holm:
