@@ -179,21 +179,18 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _appendix_d6(model, card: dict, x, y, batch_size: int, result: dict) -> None:
-    """A model trained on a dataset whose labels shift the originals (D_det): its accuracy on
-    the test set relabelled the same way (the paper's Appendix D.6), beside the true labels."""
-    from advfeat.evaluation import predict_tensor
-    from advfeat.data.synthesized import label_shift
+    """Appendix D.6 (evaluation.shifted_label_accuracy) when the model was trained on an advfeat dataset."""
+    from advfeat.evaluation import predict_tensor, shifted_label_accuracy
 
     source = card.get("data", {})
     if source.get("format") != "advfeat-dataset":
         return
-    shift, note = label_shift(source.get("path", ""), model.num_classes)
+    shift, note, accuracy = shifted_label_accuracy(predict_tensor(model, x, batch_size), y, source.get("path", ""),
+                                                   model.num_classes)
     if not shift:
         print(f"  Appendix D.6 skipped: {note}")
         result["appendix_d6"] = {"skipped": note}
         return
-    shifted = (y + shift) % model.num_classes
-    accuracy = float((predict_tensor(model, x, batch_size) == shifted).float().mean())
     result["appendix_d6"] = {"label_shift": shift, "shifted_accuracy": accuracy}
     print(f"  on the test set relabelled (y + {shift}) mod {model.num_classes} (Appendix D.6): {accuracy:.4f}")
 
@@ -287,11 +284,9 @@ def _reproduce(args: argparse.Namespace) -> None:
     from advfeat.reproduce import dry_run, reproduce
 
     preset = get_preset(args.preset or _default_preset())
-    overrides = {k: v for k, v in (("subset", args.subset), ("test_subset", args.test_subset), ("seeds", args.seeds))
-                 if v is not None}
-    if "seeds" in overrides and overrides["seeds"] < 1:
-        raise UserError(f"--seeds must be at least 1, got {overrides['seeds']}")
-    if overrides:
+    overrides = {k: v for k, v in (("subset", args.subset), ("test_subset", args.test_subset), ("seeds", args.seeds),
+                                   ("first_seed", args.first_seed)) if v is not None}
+    if overrides:  # the preset checks them (--seeds 0, a negative --first-seed: one line)
         preset = dataclasses.replace(preset, **overrides)
     extras = tuple(args.extra or ())
     if args.dry_run:
@@ -299,7 +294,8 @@ def _reproduce(args: argparse.Namespace) -> None:
                        log=lambda message: print(message, file=sys.stderr))
         _print_plan(plan)
         return
-    report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus, extras=extras)
+    log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    report = reproduce(preset, args.data, Path(args.out), device=args.device, gpus=args.gpus, extras=extras, log=log)
     print(f"report: {Path(args.out) / 'report.md'} ({report['total_seconds']:.0f}s on {report['device']})")
     for claim in report["claims"] + report.get("distill_claims", []):
         print(f"  {claim['verdict']:<14} {claim['statement']}")
@@ -329,6 +325,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--gpus", type=int, default=1, help="synthesis workers, one per GPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seeds", type=int, help="override the preset's number of seeds")
+    p.add_argument("--first-seed", type=int, help="run seeds S, S+1, ... (default: the preset's; the cpu preset "
+                                                  "starts after the seeds used while tuning it)")
     p.add_argument("--subset", type=_positive_int, help="override the preset's number of training images")
     p.add_argument("--test-subset", type=_positive_int, help="override the preset's number of test images")
     p.add_argument("--extra", action="append", choices=EXTRAS,
@@ -336,6 +334,7 @@ def _add_reproduce(sub) -> None:
                         "non-transferable examples, L-inf datasets, D_R from noise); repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, which are done, their work and an estimated time; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (the verdicts are still printed)")
     p.set_defaults(func=_reproduce)
 
 
