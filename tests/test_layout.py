@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import advfeat
-from advfeat.reproduce.pipeline import code_digest, is_presentation
+from advfeat.reproduce.pipeline import EXTRA_ONLY, code_digest, is_presentation
 
 ROOT = Path(advfeat.__file__).resolve().parent
 
@@ -18,12 +18,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def top_level_imports(path: Path, modules: set[str]) -> set[str]:
+def top_level_imports(path: Path, modules: set[str], everywhere: bool = False) -> set[str]:
     """The advfeat modules a file imports when it is imported (module level, not inside
-    functions): `from a.b import c` names a.b.c when that is a module, else a.b."""
+    functions, unless `everywhere`): `from a.b import c` names a.b.c when that is a module, else a.b."""
     found = set()
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if everywhere else tree.body:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom):
@@ -36,10 +37,10 @@ def top_level_imports(path: Path, modules: set[str]) -> set[str]:
     return {m for m in found if m in modules}
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(everywhere: bool = False) -> dict[str, set[str]]:
     paths = sorted(ROOT.rglob("*.py"))
     modules = {module_name(p) for p in paths}
-    return {module_name(p): top_level_imports(p, modules) - {module_name(p)} for p in paths}
+    return {module_name(p): top_level_imports(p, modules, everywhere) - {module_name(p)} for p in paths}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -104,3 +105,28 @@ def test_editing_an_attack_changes_the_stage_keys(tmp_path):
     before = code_digest(copy)
     (copy / "attacks" / "pgd.py").write_text((copy / "attacks" / "pgd.py").read_text() + "\n# a bug fix\n")
     assert code_digest(copy) != before
+
+
+def test_no_main_stage_reaches_code_only_the_extras_run():
+    """Main stage keys leave out EXTRA_ONLY, so the modules whose functions main stages run
+    (stages.py, and what they import, inside functions too) must never import it. The package
+    __init__ files re-export; a parent package is not thereby imported code of the stage."""
+    graph = import_graph(everywhere=True)
+    extra = {m for m in graph if any(m == "advfeat." + p.removesuffix(".py").replace("/", ".").rstrip(".")
+                                     or m.startswith("advfeat." + p.replace("/", ".")) for p in EXTRA_ONLY)}
+    assert "advfeat.reproduce.distill" in extra and "advfeat.discussion.fourier" in extra
+    seen, todo = set(), ["advfeat.reproduce.stages"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += graph[module]
+    assert not seen & extra, sorted(seen & extra)
+
+
+def test_editing_an_extra_keeps_the_main_stage_keys(tmp_path):
+    copy = copy_package(tmp_path)
+    main, full = code_digest(copy, extras=False), code_digest(copy)
+    path = copy / "discussion" / "fourier.py"
+    path.write_text(path.read_text() + "\n# a bug fix\n")
+    assert code_digest(copy, extras=False) == main and code_digest(copy) != full

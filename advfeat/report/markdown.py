@@ -160,14 +160,15 @@ def claims_section(claims: list[dict], holm: dict, results: dict) -> list[str]:
 
 
 def test_images_text(results: dict) -> str:
-    """Which test images judged the claims: how many, and whether held out from tuning."""
+    """Which test images judged the claims: how many, and which earlier looks they were held out from."""
     images = results.get("test_images")
     if not images:
         return f"{n_test_images(results['preset'])} test images"
-    if images["tuning"]:
-        n, seed = images["tuning"]
-        return (f"{images['n']} test images held out from tuning (drawn from the test images other than the "
-                f"{n} drawn with seed {seed} that the preset's settings were chosen on)")
+    looks = images.get("looked_at") or ([images["tuning"]] if images.get("tuning") else [])  # older reports
+    if looks:
+        drawn = " and then ".join(f"{n} drawn with seed {seed}" for n, seed in looks)
+        return (f"{images['n']} test images no earlier run looked at (drawn from the test images left after the "
+                f"earlier looks: {drawn}, the first being the images the preset's settings were chosen on)")
     return f"{images['n']} test images"
 
 

@@ -22,7 +22,7 @@ from advfeat.presets import EXTRAS, Preset
 from advfeat.reproduce.pipeline import Pipeline
 from advfeat.reproduce.plan import plan_stages
 from advfeat.reproduce.stages import DATASET, Sources
-from advfeat.runtime import device_name, resolve_device
+from advfeat.runtime import bf16_on_cpu, compute_dtype, device_name, resolve_device
 from advfeat.settings import KINDS
 
 __all__ = ["dry_run", "prepare", "reproduce"]
@@ -53,7 +53,7 @@ def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = 
     torch_device = check_devices(preset, device, gpus)
     source = load_dataset(data)  # reads (or decodes once into the cache) the source data
     sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device,
-                      preset.tuning_test_images, source=dict(source.source))
+                      preset.looked_at_test_images, source=dict(source.source))
     sources.test()  # a --test-subset larger than the images available fails now, not after training
     # Synthesis workers take the GPU of their rank; a single worker takes the one named.
     worker_device = device if gpus == 1 else torch_device.type
@@ -62,7 +62,8 @@ def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = 
         raise UserError(f"unknown extra {sorted(unknown)[0]!r}; choose from {', '.join(EXTRAS)}")
     stages = plan_stages(preset, sources, torch_device, worker_device, gpus, log,
                          extras=tuple(dict.fromkeys(preset.extras + tuple(extras))))
-    return Pipeline(Path(out), stages, source.source["digest"], log), sources, torch_device
+    compute = compute_dtype(torch_device, preset.cpu_bf16)
+    return Pipeline(Path(out), stages, source.source["digest"], log, compute=compute), sources, torch_device
 
 
 def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str = "auto", gpus: int = 1,
@@ -71,7 +72,8 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
     started = time.perf_counter()
     pipeline, sources, torch_device = prepare(preset, data, out, device=device, gpus=gpus, extras=extras, log=log)
     pipeline.out.mkdir(parents=True, exist_ok=True)
-    pipeline.run_all()
+    with bf16_on_cpu(pipeline.compute == "bf16" and torch_device.type == "cpu"):
+        pipeline.run_all()
     from advfeat.report import sample_images, write_report
 
     every_extra = list(dict.fromkeys(preset.extras + tuple(extras)))
@@ -80,7 +82,7 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
                         "lossy": sources.source.get("lossy")},
                "test_images": sources.test_images | {"seed": 0, "n": len(sources.test())},
                "seeds": preset.seed_list,
-               "device": device_name(torch_device), "gpus": gpus, "stages": pipeline.records,
+               "device": device_name(torch_device), "compute": pipeline.compute, "gpus": gpus, "stages": pipeline.records,
                "results": pipeline.results, "theory_dir": str(pipeline.folder("theory")),
                "total_seconds": round(time.perf_counter() - started, 2)}
     first = preset.first_seed  # the sample images come from the first seed's datasets

@@ -32,19 +32,30 @@ PRESENTATION = ("cli.py", "report.py", "report/", "doctor.py", "doctor/", "claim
                 "presets.py")
 
 
+# Code only the extras' stages run (--extra distill): it enters their keys, not the main
+# stages', so adding or fixing an extra reuses a finished main run. tests/test_layout.py checks
+# that no main stage's module imports it.
+EXTRA_ONLY = ("reproduce/distill.py", "discussion/")
+
+
+def _matches(relative: str, paths: tuple[str, ...]) -> bool:
+    return any(relative == p or (p.endswith("/") and relative.startswith(p)) for p in paths)
+
+
 def is_presentation(relative: str) -> bool:
     """Whether a source file (its path relative to the package, with "/") only presents."""
-    return any(relative == p or (p.endswith("/") and relative.startswith(p)) for p in PRESENTATION)
+    return _matches(relative, PRESENTATION)
 
 
-def code_digest(root: Path | None = None) -> str:
+def code_digest(root: Path | None = None, *, extras: bool = True) -> str:
     """sha256 over advfeat's own source files (those that compute, not those that present);
-    `root` is the package folder (default: the installed advfeat)."""
+    without `extras`, also leaving out the code only the extras run (EXTRA_ONLY). `root` is the
+    package folder (default: the installed advfeat)."""
     root = Path(root) if root is not None else Path(advfeat.__file__).resolve().parent
     h = hashlib.sha256(advfeat.__version__.encode())
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root).as_posix()
-        if not is_presentation(relative):
+        if not is_presentation(relative) and (extras or not _matches(relative, EXTRA_ONLY)):
             h.update(relative.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -70,6 +81,7 @@ class Stage:
     inputs: tuple[str, ...]  # ids of the stages it reads
     run: Callable[[StageContext], dict]  # writes into ctx.folder; returns a small JSON result
     work: Work = field(default_factory=lambda: Work("none"))
+    extra: str | None = None  # the extra (--extra) that added it; None: a main stage
 
     @property
     def id(self) -> str:
@@ -91,17 +103,21 @@ class StageContext:
 class Pipeline:
     """Keys, folders and status of a list of stages (inputs before the stages that read them)."""
 
-    def __init__(self, out: Path, stages: list[Stage], data_digest: str, log: Callable[[str], None]):
-        self.out, self.log, self.data_digest = Path(out), log, data_digest
+    def __init__(self, out: Path, stages: list[Stage], data_digest: str, log: Callable[[str], None],
+                 compute: str = "fp32"):
+        self.out, self.log, self.data_digest, self.compute = Path(out), log, data_digest, compute
         self.stages = {s.id: s for s in stages}
-        code = code_digest()
+        code = {False: code_digest(extras=False), True: code_digest()}
         self.keys: dict[str, str] = {}
         for s in stages:
             missing = [i for i in s.inputs if i not in self.keys]
             if missing:
                 raise ValueError(f"stage {s.id} reads {missing}, which come after it or do not exist")
             material = {"stage": s.name, "seed": s.seed, "format": STAGE_FORMAT, "settings": s.settings,
-                        "inputs": {i: self.keys[i] for i in s.inputs}, "data": data_digest, "code": code}
+                        "inputs": {i: self.keys[i] for i in s.inputs}, "data": data_digest,
+                        "code": code[s.extra is not None]}
+            if compute != "fp32":  # bf16 results differ from fp32 ones (fp32 keys are unchanged)
+                material["compute"] = compute
             text = json.dumps(material, sort_keys=True, default=str)
             self.keys[s.id] = hashlib.sha256(text.encode()).hexdigest()[:12]
         self.results: dict[str, dict] = {}

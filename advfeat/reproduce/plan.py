@@ -34,7 +34,9 @@ def plan_stages(preset: Preset, sources: Sources, device, worker_device: str, gp
     for seed in preset.seed_list:
         main = plan_seed(planner, seed)
         for extra in extras:
+            planner.extra = extra
             EXTRA_PLANS[extra](planner, seed, main)
+            planner.extra = None
     planner.add(Stage("theory", None, {}, (), theory_stage(), Work("fixed", fixed_seconds=4.0)))
     return planner.stages
 

@@ -38,8 +38,10 @@ class Planner:
         self.n_train = preset.subset or 50000
         self.n_test = preset.test_subset or 10000
         self.stages: list[Stage] = []
+        self.extra: str | None = None  # while an extra plans its stages: its name, recorded on each
 
     def add(self, stage: Stage) -> str:
+        stage.extra = stage.extra or self.extra
         self.stages.append(stage)
         return stage.id
 

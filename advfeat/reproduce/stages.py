@@ -31,32 +31,37 @@ class Sources:
     one fixed test set shared by every seed (so per-image results pair across models).
 
     The test set: `test_subset` images (None: all) drawn, stratified by class with seed 0, from
-    the test split, or, when `tuning_test_images` = (n, seed) names the images that were looked
-    at while the preset was tuned, from the test images outside those (held out)."""
+    the test images nobody has looked at yet. `looked_at_test_images` lists the earlier looks in
+    order, each (n, seed): n images drawn, stratified with that seed, from what the looks before
+    it left (the exploration that chose the preset's settings, then any earlier confirmatory
+    run). The run's test images are drawn from what all of them leave (held out)."""
 
     path: str
     subset: int | None
     test_subset: int | None
     device: torch.device
-    tuning_test_images: tuple | None = None
+    looked_at_test_images: tuple = ()
     source: dict = field(default_factory=dict)  # what load_dataset says of the data: format, lossy, ...
     _cache: dict = field(default_factory=dict)
 
     @property
     def test_images(self) -> dict:
         """What identifies the test set, for stage keys and the report."""
-        held_out = self.tuning_test_images is not None
-        return {"subset": self.test_subset, "pool": "held out from tuning" if held_out else "all",
-                "tuning": list(self.tuning_test_images) if held_out else None}
+        looks = [list(look) for look in self.looked_at_test_images]
+        return {"subset": self.test_subset, "pool": "held out from earlier looks" if looks else "all",
+                "looked_at": looks or None}
 
     def test_pool(self) -> Split:
-        """The test images a test set may be drawn from."""
-        full = load_dataset(self.path).test
-        if self.tuning_test_images is None:
-            return full
-        n, seed = self.tuning_test_images
-        tuned = full.stratified_subset(n, seed).source_index
-        return full.take(np.setdiff1d(np.arange(len(full)), tuned))
+        """The test images a test set may be drawn from: those no earlier look has drawn."""
+        pool = load_dataset(self.path).test
+        for n, seed in self.looked_at_test_images:
+            if n >= len(pool):
+                raise UserError(f"the preset's earlier looks at the test split ({self.test_images['looked_at']}: n, "
+                                f"seed) are larger than the {len(pool)} test images left for them; use data with the "
+                                f"full test split, or another preset")
+            seen = pool.stratified_subset(n, seed).source_index
+            pool = pool.take(np.flatnonzero(~np.isin(pool.source_index, seen)))
+        return pool
 
     def test(self):
         if "test" not in self._cache:
