@@ -78,25 +78,31 @@ BF16_DEVICE_TYPES = ("cuda",)
 _fp32_forced = False
 
 
-def autocast(device: torch.device, enabled: bool = True):
+def autocast(device: torch.device, enabled: bool = True, *, training: bool = False):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 elsewhere, and
-    everywhere inside `fp32_only()`. Every module that computes under autocast calls this."""
+    everywhere inside `fp32_only()`. Every module that computes under autocast calls this.
+    On a CPU inside `bf16_on_cpu()`, bf16 too, except for weight updates (`training`): oneDNN's
+    bf16 training kernels measured slower than fp32 for 4 of the 6 CPU-scale nets (20x slower
+    for wide_shallow), while attack steps ran 1.3-1.5x faster for all but the depthwise net."""
+    if training and device.type == "cpu":
+        enabled = False
     if enabled and device.type in BF16_DEVICE_TYPES and not _fp32_forced:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16). Only there is bf16
-    faster than fp32 (tiny net, 2 cores, channels_last: attack steps 1.6x, training 1.3x); on
-    other CPUs oneDNN emulates it, slower than fp32."""
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16). Only there are bf16
+    attack steps faster than fp32 (tiny net, 2 cores, channels_last: 1.5-1.6x); on other CPUs
+    oneDNN emulates bf16, slower than fp32."""
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
 @contextlib.contextmanager
 def bf16_on_cpu(enabled: bool = True):
-    """Inside the block, autocast() computes in bf16 on the CPU too, as on CUDA (weights,
-    perturbations and losses stay fp32). A no-op where `enabled` is False."""
+    """Inside the block, autocast() computes attacks and evaluation in bf16 on the CPU too, as
+    on CUDA (weights, perturbations and losses stay fp32); training's weight updates stay fp32.
+    A no-op where `enabled` is False."""
     global BF16_DEVICE_TYPES
     saved = BF16_DEVICE_TYPES
     try:

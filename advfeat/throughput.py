@@ -61,7 +61,7 @@ def measure_train_rate(arch: str, batch_size: int, device: torch.device, iterati
     x = prepare_input(x)
 
     def step():
-        with autocast(device):
+        with autocast(device, training=True):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -124,7 +124,7 @@ def train_epoch(model, forward, loader, optimizer, config: TrainConfig, epoch: i
         x = prepare_input(x, device)
         if perturb is not None:
             x = perturb(model, x, y, epoch, i)
-        with autocast(device):
+        with autocast(device, training=True):
             logits = forward(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)

@@ -85,6 +85,8 @@ def test_cpu_bf16_is_a_switch_that_reaches_autocast_and_the_stage_keys(monkeypat
             assert model(x).dtype == torch.bfloat16
         with runtime.fp32_only(), runtime.autocast(torch.device("cpu")):
             assert model(x).dtype == torch.float32  # fp32_only still wins
+        with runtime.autocast(torch.device("cpu"), training=True):
+            assert model(x).dtype == torch.float32  # weight updates stay fp32 on the CPU
     with runtime.autocast(torch.device("cpu")):
         assert model(x).dtype == torch.float32  # and the block restored the default
     assert runtime.compute_dtype(torch.device("cpu"), cpu_bf16=True) == "bf16"
