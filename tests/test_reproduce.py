@@ -157,11 +157,17 @@ def test_the_distill_extra_adds_its_stages_claims_and_section(reduced_run):
     ids = {s["id"] for s in report["stages"]}
     assert {"leakage@0", "nt-ensemble-0@1", "synth-det-nt@0", "eval-det-nt@1", "fig3-nt@0", "eval-rand-linf@0",
             "eval-det-linf@1", "eval-r-noise@0"} <= ids
-    assert [c["id"] for c in report["distill_claims"]] == ["goh-leakage", "nakkiran-bugs", "linf-datasets",
-                                                           "dr-from-noise"]
+    ids = [c["id"] for c in report["distill_claims"]]
+    assert ids[:3] == ["goh-leakage", "nakkiran-bugs", "linf-datasets"]
+    assert {"nakkiran-squares", "wallace-mislabelled", "fourier-noise-robust", "fog", "goh-eigenfeatures",
+            "layer-robustness"} <= set(ids)
+    # D_R from noise has one home: the main claims' rules (claims.py, dr_from_noise_rules).
+    assert "dr-from-noise" not in ids and "dr-from-noise" in [c["id"] for c in report["claims"]]
+    assert all(c["parts"][0].get("rival") for c in report["distill_claims"])
     assert all(c["parts"][0]["interval"] is not None for c in report["distill_claims"])
     probe = report["distill"]["probe"]
-    assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det"))
+    assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det",
+                                                        "det@y+1", "linear-det@y+1"))
     # Goh's own robust linear model: certified stable on the share his specification asks, on D.
     linear = report["distill"]["linear_model"]
     assert linear["train_eps"] and all(e in (0.25, 0.5, 1.0, 2.0) for e in linear["train_eps"])
