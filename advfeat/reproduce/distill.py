@@ -213,9 +213,10 @@ def _wrong_labels_work(s: wrong_labels.WrongLabelsSettings) -> Work:
 
 def _squares_seconds(s: squares.SquaresSettings) -> float:
     """The random-feature net's matrix products (hidden features of training and attacked test
-    images), at about 4 GFLOP/s: a CPU's; a GPU is far faster (an over-estimate there)."""
+    images), at about 2 GFLOP/s: measured on a loaded 2-core CPU (cpu preset: 23 s); a GPU is far
+    faster (an over-estimate there)."""
     d = 3 * 32 * 32
-    return 2.5e-10 * (s.n_train + 2 * s.n_test * (s.attack_steps + 2)) * d * s.width + 2.0
+    return 5e-10 * (s.n_train + 2 * s.n_test * (s.attack_steps + 2)) * d * s.width + 2.0
 
 
 def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
