@@ -275,3 +275,25 @@ def test_bad_discussion_settings_are_one_line_user_errors():
         dataclasses.replace(SMOKE_PRESET, discussion=replace(d, layers=LayerSettings(layers=("conv9",))))
     chosen = dataclasses.replace(SMOKE_PRESET, discussion=replace(d, layers=LayerSettings(layers=("trunk.6",))))
     assert chosen.discussion.layers.layers == ("trunk.6",)
+
+
+def test_the_fourier_command_draws_a_heat_map_and_rejects_bad_input_in_one_line(discussion_run, shared_data,
+                                                                               tmp_path):
+    import json
+
+    model = discussion_run.folder("train-standard@0") / "model"
+    for flags, message in ((("--norm", "0"), "noise norm must be > 0"), (("--norm", "-1"), "noise norm must be > 0"),
+                           (("--cutoff", "17"), "cutoff must be in (0, 16]"), (("--cutoff", "0"), "cutoff must be in (0, 16]"),
+                           (("--stride", "0"), "frequency stride must be at least 1")):
+        code, _, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "bad"),
+                               *flags)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (flags, err)
+        assert not (tmp_path / "bad").exists()
+    code, out, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "map"),
+                             "--images", "20", "--stride", "8", "--cutoff", "8", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "map" / "fourier.json").read_text())
+    assert result["u"] == list(range(-15, 17, 8)) and result["v"] == [0, 8, 16] and result["images"] == 20
+    assert all(0 <= e <= 1 for row in result["error_map"] for e in row)
+    assert set(result["filtered_accuracy"]) == {"low", "high"}
+    assert (tmp_path / "map" / "heat_map.png").stat().st_size > 1000
