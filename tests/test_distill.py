@@ -289,7 +289,7 @@ def test_the_fourier_command_draws_a_heat_map_and_rejects_bad_input_in_one_line(
                                *flags)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (flags, err)
         assert not (tmp_path / "bad").exists()
-    code, out, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "map"),
+    code, _, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "map"),
                              "--images", "20", "--stride", "8", "--cutoff", "8", "--quiet", "--device", "cpu")
     assert code == 0, err
     result = json.loads((tmp_path / "map" / "fourier.json").read_text())
