@@ -253,7 +253,10 @@ def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
                       _forward_work(preset.arch, 2 * len(models) * min(f.fog_images, n_test), f.batch_size)))
 
     planner.add(Stage("eigenfeatures", seed, {"settings": asdict(d.eigen)} | data, (),
-                      eigenfeatures.eigenfeatures_stage(d.eigen, sources, seed), Work("fixed", fixed_seconds=20.0)))
+                      eigenfeatures.eigenfeatures_stage(d.eigen, sources, seed),
+                      # measured on a loaded 2-core CPU: 5.5 s (2,000 images), 18 s (5,000): the Gram
+                      # matrix of the truck and frog images and Goh's figure
+                      Work("fixed", fixed_seconds=2.0 + 0.0035 * planner.n_train)))
 
     # R(f) for the standard and robust models, and a VGG-style net where Figure 3 trained one on D.
     layer_models = models | {arch: main.fig3[arch][0] for arch in main.fig3 if arch.startswith("vgg")}
