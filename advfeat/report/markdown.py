@@ -395,10 +395,20 @@ def discussion_rules(claims: list[dict]) -> list[str]:
              "| verdict |", "|---|---|---|---|---|---|"]
     for c in claims:
         for i, part in enumerate(c["parts"]):
-            ours = _interval_text(part["interval"], _is_rate(part["rule"]))
-            lines.append(f"| {c['id'] if i == 0 else ''} | {c['paper'] if i == 0 else ''} | {part['rule']} | {ours} "
+            points = _is_rate(part["rule"])
+            ours = _interval_text(part["interval"], points)
+            lines.append(f"| {c['id'] if i == 0 else ''} | {c['paper'] if i == 0 else ''} | {_rule_in_units(part['rule'], points)} | {ours} "
                          f"| {part.get('rival', '')} | {part['verdict']} |")
     return lines
+
+
+def _rule_in_units(rule: str, points: bool) -> str:
+    """A rule whose margin is a fraction of accuracy ("... > 0.05"), in points as its effect is shown."""
+    head, _, margin = rule.rpartition(" ")
+    try:
+        return f"{head} {100 * float(margin):g} pts" if points else rule
+    except ValueError:
+        return rule
 
 
 def _interval_text(interval: dict | None, points: bool) -> str:
