@@ -35,7 +35,17 @@ def reduced_preset(seeds: int = 2):
         attack=AttackSpec(steps=2, batch_size=BATCH),
         strong_attack=AttackSpec(name="autoattack-l2", steps=3, target_classes=2, batch_size=BATCH),
         cw_attack=AttackSpec(name="cw-l2", steps=5, cw_binary_steps=2, batch_size=BATCH), strong_subset=40,
-        transfer_archs=("tiny", "small"), transfer_train=fast, transfer_images=100)
+        transfer_archs=("tiny", "small"), transfer_train=fast, transfer_images=100,
+        discussion=small_batches(SMOKE_PRESET.discussion))
+
+
+def small_batches(d):
+    """The discussion's settings with every batch (training, labelling, attacks) at most BATCH."""
+    wrong = d.wrong_labels
+    return replace(d, fourier=replace(d.fourier, batch_size=BATCH, train=replace(d.fourier.train, batch_size=BATCH)),
+                   wrong_labels=replace(wrong, batch_size=BATCH, teacher=replace(wrong.teacher, batch_size=BATCH),
+                                        student=replace(wrong.student, batch_size=BATCH)),
+                   layers=replace(d.layers, batch_size=BATCH))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +174,8 @@ def test_the_distill_extra_adds_its_stages_claims_and_section(reduced_run):
     # D_R from noise has one home: the main claims' rules (claims.py, dr_from_noise_rules).
     assert "dr-from-noise" not in ids and "dr-from-noise" in [c["id"] for c in report["claims"]]
     assert all(c["parts"][0].get("rival") for c in report["distill_claims"])
-    assert all(c["parts"][0]["interval"] is not None for c in report["distill_claims"])
+    assert all(c["parts"][0]["interval"] is not None for c in report["distill_claims"][:3])  # the discussion's may
+    # be inconclusive without an interval on 300 images (e.g. no eigenfeature qualifies)
     probe = report["distill"]["probe"]
     assert all(0 <= probe[k]["estimate"] <= 1 for k in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det",
                                                         "det@y+1", "linear-det@y+1"))
