@@ -57,7 +57,7 @@ def draw_heat_maps(maps: dict, path: Path) -> None:
     one panel per model (standard, robust, Gaussian-augmented), on one colour scale."""
     plt = pyplot()
     models = [m for m in maps if m != "norm"]
-    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models), 2.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, layout="constrained")
     for ax, m in zip(axes[0], models):
         u, v = maps[m]["u"], maps[m]["v"]
         image = ax.imshow(np.asarray(maps[m]["map"]), vmin=0, vmax=1, cmap="viridis", origin="lower",
