@@ -69,12 +69,15 @@ def draw_heat_maps(maps: dict, path: Path) -> None:
 
 
 def draw_layer_ratios(ratios: dict, path: Path) -> None:
-    """R(f) per layer for each model (lower: more robust), layers in forward order."""
+    """R(f) per layer for each model (lower: more robust), layers in forward order at their
+    relative depth, named in the legend."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
-    for m, rows in ratios.items():
-        ax.plot(range(len(rows)), list(rows.values()), marker="o", label=m)
-    ax.set(xlabel="layer (forward order)", ylabel="R(f)", title="layer robustness ratio")
+    for m, rows in ratios.items():  # relative depth: nets of different depth on one axis
+        depth = np.linspace(0, 1, len(rows)) if len(rows) > 1 else [1.0]
+        ax.plot(depth, list(rows.values()), marker="o", label=f"{m} ({', '.join(rows)})")
+    ax.set(xlabel="relative depth of the layer (0: first ReLU, 1: final activation)", ylabel="R(f)",
+           title="layer robustness ratio (lower: more robust)")
     ax.legend(fontsize=7)
     _save(plt, fig, path)
 
