@@ -217,6 +217,72 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=_eval)
 
 
+# --------------------------------------------------------------------------- fourier
+
+
+def _fourier(args: argparse.Namespace) -> None:
+    """Gilmer & Hendrycks' heat map for a user's model: the error rate under noise of L2 norm
+    --norm along each Fourier basis vector (every --stride-th frequency), on --images test
+    images; with --cutoff, also the accuracy on low- and high-passed test images. Every input
+    is checked before the model or the data are read."""
+    import numpy as np
+
+    from advfeat.checkpoint import load_model
+    from advfeat.data import load_dataset
+    from advfeat.discussion.fourier import (check_cutoff, check_norm, filtered_images, fourier_error_map,
+                                            frequency_grid)
+    from advfeat.evaluation import predict_tensor, split_tensors
+    from advfeat.io import write_json
+    from advfeat.report.figures import draw_heat_maps
+    from advfeat.runtime import resolve_device
+
+    check_norm(args.norm)
+    frequency_grid(args.stride)
+    if args.cutoff is not None:
+        check_cutoff(args.cutoff)
+    out = Path(args.out)
+    if (out / "fourier.json").exists() and not args.force:
+        raise UserError(f"{out / 'fourier.json'} already exists; pass --force to overwrite it")
+    device = resolve_device(args.device)
+    model, card = load_model(args.model, device)
+    dataset = load_dataset(args.data or card.get("data", {}).get("path"), name=args.name, test_subset=args.images,
+                           seed=args.seed, verbose=not args.quiet)
+    x, y = split_tensors(dataset.test, device)
+    heat = fourier_error_map(model, x, y, args.norm, args.stride, args.seed)
+    error_map = heat["errors"].mean(2)
+    result = {"model": str(args.model), "norm": args.norm, "stride": args.stride, "images": len(y),
+              "u": heat["u"], "v": heat["v"], "error_map": error_map.round(4).tolist(),
+              "clean_error": float((predict_tensor(model, x, 500) != y).float().mean())}
+    if args.cutoff is not None:
+        result["filtered_accuracy"] = {kind: float((predict_tensor(model, filtered_images(x, kind, args.cutoff), 500)
+                                                    == y).float().mean()) for kind in ("low", "high")}
+    out.mkdir(parents=True, exist_ok=True)
+    draw_heat_maps({"model": {"u": heat["u"], "v": heat["v"], "map": error_map}, "norm": args.norm},
+                   out / "heat_map.png")
+    write_json(out / "fourier.json", result)
+    print(f"mean error under L2-{args.norm:g} Fourier noise: {100 * float(np.mean(error_map)):.1f}% "
+          f"(clean {100 * result['clean_error']:.1f}%) -> {out / 'heat_map.png'}")
+
+
+def _add_fourier(sub) -> None:
+    p = sub.add_parser("fourier", help="Fourier-noise error heat map of a model (Gilmer & Hendrycks, Distill)")
+    p.add_argument("model", help="a model folder (advfeat train or import)")
+    p.add_argument("--data", help="CIFAR-10 in any supported form (default: the model's training data)")
+    _add_name_flag(p)
+    p.add_argument("--out", required=True, help="a folder for heat_map.png and fourier.json")
+    p.add_argument("--force", action="store_true", help="overwrite fourier.json if it exists")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test images drawn and of the noise's signs")
+    p.add_argument("--norm", type=float, default=4.0, help="L2 norm of the noise per channel, > 0 (default 4: the "
+                                                           "comment's)")
+    p.add_argument("--images", type=_positive_int, default=100, help="test images (default 100; the comment: 1000)")
+    p.add_argument("--stride", type=int, default=2, help="every N-th frequency (default 2; 1: all 17 x 32)")
+    p.add_argument("--cutoff", type=float, help="also test on low-passed (max|f| <= C) and high-passed (> C) test "
+                                                "images; C in (0, 16]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_fourier)
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -331,7 +397,9 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--test-subset", type=_positive_int, help="override the preset's number of test images")
     p.add_argument("--extra", action="append", choices=EXTRAS,
                    help="optional experiments: distill (the Distill discussion's: robust-feature leakage, "
-                        "non-transferable examples, L-inf datasets, D_R from noise); repeatable")
+                        "non-transferable examples, L-inf datasets, D_R from noise, Fourier noise, filtered "
+                        "training, fog, Goh's eigenfeatures, layer robustness, adversarial squares, wrong labels; "
+                        "docs/discussion.md); repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, which are done, their work and an estimated time; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress lines (the verdicts are still printed)")
@@ -523,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_synth(sub)
+    _add_fourier(sub)
     _add_reproduce(sub)
     _add_doctor(sub)
     _add_theory(sub)

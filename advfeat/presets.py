@@ -12,6 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, replace
 
+from advfeat.discussion.eigenfeatures import EigenSettings
+from advfeat.discussion.fourier import FourierSettings
+from advfeat.discussion.layer_robustness import LayerSettings
+from advfeat.discussion.settings import DiscussionSettings
+from advfeat.discussion.squares import SquaresSettings
+from advfeat.discussion.wrong_labels import WrongLabelsSettings
 from advfeat.errors import UserError
 from advfeat.settings import KINDS, AttackSpec, SynthSettings, TrainConfig
 
@@ -50,6 +56,8 @@ class Preset:
     looked_at_test_images: tuple = ()
     # bf16 autocast on CPUs with native bf16 (AMX or AVX512-BF16), as on CUDA; fp32 elsewhere.
     cpu_bf16: bool = False
+    # --extra distill: the discussion's experiments (advfeat/discussion/settings.py; docs/discussion.md)
+    discussion: DiscussionSettings = dataclasses.field(default_factory=DiscussionSettings)
 
     @property
     def seed_list(self) -> list[int]:
@@ -68,6 +76,7 @@ class Preset:
             replace(self.transfer_train, arch=arch)
         if self.distill_ensemble < 1:
             raise UserError(f"preset {self.name}: the non-transferable attack needs an ensemble of at least one model")
+        self.discussion.check_layers(self.arch)
         unknown = set(self.extras) - set(EXTRAS)
         if unknown:
             raise UserError(f"unknown extra {sorted(unknown)[0]!r}; choose from {', '.join(EXTRAS)}")
@@ -82,6 +91,42 @@ def _kinds(inversion: SynthSettings, targeted: SynthSettings, **per_kind) -> dic
            "rand": replace(targeted, kind="rand"), "det": replace(targeted, kind="det")}
     return out | {k: replace(out[k], **v) for k, v in per_kind.items()}
 
+
+# --------------------------------------------------------------------------- the Distill discussion
+
+
+def _comment_discussion(train: TrainConfig) -> DiscussionSettings:
+    """The comments' own settings (paper-notes section 4), with the preset's training for the
+    models the comments train on CIFAR-10 (Wallace: ResNet-18, teacher 2 epochs, student 50)."""
+    brief = replace(train, epochs=2, augment="none")
+    return DiscussionSettings(
+        squares=SquaresSettings(n_train=10000, n_test=1000, width=10000),  # Nakkiran: 10,000 samples
+        wrong_labels=WrongLabelsSettings(n_images=50000, teacher=brief, student=replace(brief, epochs=50)),
+        fourier=FourierSettings(images=1000, stride=1, train_images=50000, train=train, batch_size=1000,
+                                fog_images=10000),  # Gilmer & Hendrycks: 1,000 images, every frequency
+        eigen=EigenSettings(),
+        layers=LayerSettings(eps=0.5, pairs=1000, steps=20, batch_size=500))
+
+
+# CPU scale, sized so that every --extra distill stage of 3 seeds fits the cpu preset's budget
+# (docs/discussion.md has the measured times).
+_CPU_DISCUSSION = DiscussionSettings(
+    squares=SquaresSettings(n_train=600, n_test=300, width=1500),
+    wrong_labels=WrongLabelsSettings(n_images=3000, student=replace(WrongLabelsSettings().teacher, epochs=6),
+                                     toy_draws=3, toy_steps=300),
+    fourier=FourierSettings(images=100, stride=2, train_images=2000, fog_images=2000),
+    eigen=EigenSettings(),
+    layers=LayerSettings(eps=0.5, pairs=100, steps=10))
+# Seconds: a test of the code, not of the comments.
+_SMOKE_DISCUSSION = DiscussionSettings(
+    squares=SquaresSettings(n_train=200, n_test=100, width=400, attack_steps=5),
+    wrong_labels=WrongLabelsSettings(n_images=400, teacher=replace(WrongLabelsSettings().teacher, epochs=1),
+                                     student=replace(WrongLabelsSettings().teacher, epochs=2), toy_draws=1,
+                                     toy_steps=100, toy_attack_steps=10),
+    fourier=FourierSettings(images=20, stride=4, train_images=300, train=replace(FourierSettings().train, epochs=1),
+                            fog_images=200),
+    eigen=EigenSettings(),
+    layers=LayerSettings(eps=0.5, pairs=10, steps=3))
 
 # --------------------------------------------------------------------------- paper
 
@@ -108,6 +153,7 @@ PAPER_PRESET = Preset(
     transfer_train=_paper_train,
     transfer_images=10000,
     distill_ensemble=4,
+    discussion=_comment_discussion(_paper_train),
     deviations=(
         "The paper's evaluation attack is not stated (its 4.5% standard-model robust accuracy is below the "
         "robustness library's 7.34% under PGD-100); the main attack here is PGD-20 (the library's convention), "
@@ -140,6 +186,7 @@ FAST_PRESET = Preset(
     transfer_archs=("resnet18", "vgg16", "densenet121", "inceptionv3"),
     transfer_train=replace(_fast_train, epochs=10),
     transfer_images=5000,
+    discussion=_comment_discussion(_fast_train),
     deviations=("ResNet-18 with 16-epoch one-cycle schedules instead of ResNet-50 for 150 epochs.",
                 "Inversion runs 500 steps instead of 1000.",
                 "Figure 3 trains its architectures for 10 epochs."),
@@ -179,6 +226,7 @@ CPU_PRESET = Preset(
     transfer_images=1000,
     claim_eps=0.5,
     needs_gpu=False,
+    discussion=_CPU_DISCUSSION,
     deviations=(
         "A tiny 3-layer net (0.02 M weights) on 5,000 training images, for 10 one-cycle epochs, instead of "
         "ResNet-50 on 50,000 for 150 (5,000, not the exploration's 10,000: with 10,000 the first confirmatory run "
@@ -225,6 +273,7 @@ SMOKE_PRESET = Preset(
     claim_eps=0.5,
     needs_gpu=False,
     distill_ensemble=1,
+    discussion=_SMOKE_DISCUSSION,
     deviations=("A tiny net on 2,000 images with one seed: a test of the code, not of the paper.",
                 "D_rand and D_det use eps 1.0 (see the cpu preset)."),
 )

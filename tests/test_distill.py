@@ -170,3 +170,130 @@ def test_robust_linear_training_trades_accuracy_for_certified_stability():
         if 0.25 * k >= train_eps:
             break
         assert float(certified_stable(fit_robust_linear_model(x, y, 3, 0.25 * k), x, 0.25).float().mean()) < 0.9
+
+
+# --------------------------------------------------------------------------- the discussion's stages (issue 20)
+
+DISCUSSION_STAGES = ("squares", "wrong-labels", "gaussian-aug", "fourier-noise", "filtered", "fog", "eigenfeatures",
+                     "layer-robustness")
+DISCUSSION_CLAIMS = {"nakkiran-squares", "wallace-mislabelled", "wallace-cross", "wallace-toy", "fourier-noise-robust",
+                     "fourier-noise-gaussian", "filtered-training", "fog", "goh-eigenfeatures", "layer-robustness"}
+
+
+def tiny_discussion_preset():
+    """The smoke preset with fewer images and one-epoch source models: the discussion stages in
+    about a minute on a CPU (the smoke preset's own discussion settings, which are seconds)."""
+    import dataclasses
+    from dataclasses import replace
+
+    from advfeat.presets import SMOKE_PRESET
+
+    fast = replace(SMOKE_PRESET.standard, epochs=1)
+    return dataclasses.replace(SMOKE_PRESET, subset=400, test_subset=200, standard=fast,
+                               robust=replace(fast, adv="l2", eps=0.5, attack_steps=2, attack_step_size=0.25))
+
+
+def test_the_smoke_preset_plans_every_discussion_stage_with_its_settings_in_the_key(shared_data, tmp_path):
+    import dataclasses
+    from dataclasses import replace
+
+    from advfeat.presets import SMOKE_PRESET
+    from advfeat.reproduce import prepare
+
+    pipeline, _, _ = prepare(SMOKE_PRESET, str(shared_data), tmp_path / "o", device="cpu", extras=("distill",),
+                             log=lambda m: None)
+    for name in DISCUSSION_STAGES:
+        stage = pipeline.stages[f"{name}@0"]
+        assert stage.extra == "distill" and stage.work.what in ("train", "attack", "fixed"), name
+        assert stage.work.passes > 0 or stage.work.fixed_seconds > 0, name
+    assert pipeline.stages["fourier-noise@0"].inputs == ("train-standard@0", "train-robust@0", "gaussian-aug@0")
+    assert pipeline.stages["squares@0"].settings["settings"] == dataclasses.asdict(SMOKE_PRESET.discussion.squares)
+    # A discussion setting changes that stage's key, and no main stage's.
+    d = SMOKE_PRESET.discussion
+    changed = dataclasses.replace(SMOKE_PRESET, discussion=replace(d, squares=replace(d.squares, eps=0.02)))
+    other, _, _ = prepare(changed, str(shared_data), tmp_path / "o", device="cpu", extras=("distill",),
+                          log=lambda m: None)
+    differ = {s for s in pipeline.keys if pipeline.keys[s] != other.keys[s]}
+    assert differ == {"squares@0"}, differ
+
+
+@pytest.fixture(scope="module")
+def discussion_run(shared_data, tmp_path_factory):
+    """The discussion's stages of the tiny preset run through the pipeline, with their inputs."""
+    from advfeat.reproduce import prepare
+
+    pipeline, _, _ = prepare(tiny_discussion_preset(), str(shared_data), tmp_path_factory.mktemp("disc") / "run",
+                             device="cpu", extras=("distill",), log=lambda m: None)
+    for stage_id in ("train-standard@0", "train-robust@0", *[f"{name}@0" for name in DISCUSSION_STAGES]):
+        pipeline.run(stage_id)
+    return pipeline
+
+
+def test_every_discussion_stage_runs_and_the_report_shows_each_experiment_with_a_verdict(discussion_run, tmp_path):
+    from advfeat.report.collect import discussion_summary
+    from advfeat.report.figures import draw_discussion_figures
+    from advfeat.report.markdown import comments_table, discussion_rules
+
+    summary = discussion_summary(discussion_run.results)
+    claims = {c["id"]: c for c in summary["claims"]}
+    assert set(claims) == DISCUSSION_CLAIMS
+    for c in claims.values():
+        assert c["verdict"] in ("holds", "does not hold", "inconclusive"), c
+        assert c["reference"]["value"] and c["reference"]["setting"]
+        assert all(p["interval"] is None or p["interval"]["low"] <= p["interval"]["high"] for p in c["parts"])
+    # The heat map has the stride's grid; the layer ratios name the tiny net's layers.
+    stride = tiny_discussion_preset().discussion.fourier.stride
+    assert len(summary["heat_maps"]["standard"]["u"]) == len(range(-15, 17, stride))
+    assert set(summary["layer_ratios"]["robust"]) == {"trunk.2", "trunk.6", "activation"}
+    table = "\n".join(comments_table(summary["claims"]) + discussion_rules(summary["claims"]))
+    for claim_id, c in claims.items():
+        assert f"**{c['verdict']}**" in table and claim_id in table
+    paths = draw_discussion_figures(tmp_path, summary)
+    assert set(paths) == {"fourier_heat_maps", "layer_ratios", "squares", "goh_scatter"}
+    assert all(p.stat().st_size > 1000 for p in paths.values())
+
+
+def test_bad_discussion_settings_are_one_line_user_errors():
+    import dataclasses
+    from dataclasses import replace
+
+    from advfeat.discussion.fourier import FourierSettings
+    from advfeat.discussion.layer_robustness import LayerSettings
+    from advfeat.presets import SMOKE_PRESET
+
+    for cutoff in (0, -1, 16.5, 40):
+        with pytest.raises(UserError, match=r"cutoff must be in \(0, 16\]"):
+            FourierSettings(lowpass_cutoff=cutoff)
+        with pytest.raises(UserError, match=r"cutoff must be in \(0, 16\]"):
+            FourierSettings(highpass_cutoff=cutoff)
+    FourierSettings(lowpass_cutoff=16, highpass_cutoff=0.5)  # the ends of the range are fine
+    for norm in (0, -4):
+        with pytest.raises(UserError, match="noise norm must be > 0"):
+            FourierSettings(norm=norm)
+    d = SMOKE_PRESET.discussion
+    with pytest.raises(UserError, match="unknown layer 'conv9' for tiny; choose from trunk.2, trunk.6, activation"):
+        dataclasses.replace(SMOKE_PRESET, discussion=replace(d, layers=LayerSettings(layers=("conv9",))))
+    chosen = dataclasses.replace(SMOKE_PRESET, discussion=replace(d, layers=LayerSettings(layers=("trunk.6",))))
+    assert chosen.discussion.layers.layers == ("trunk.6",)
+
+
+def test_the_fourier_command_draws_a_heat_map_and_rejects_bad_input_in_one_line(discussion_run, shared_data,
+                                                                               tmp_path):
+    import json
+
+    model = discussion_run.folder("train-standard@0") / "model"
+    for flags, message in ((("--norm", "0"), "noise norm must be > 0"), (("--norm", "-1"), "noise norm must be > 0"),
+                           (("--cutoff", "17"), "cutoff must be in (0, 16]"), (("--cutoff", "0"), "cutoff must be in (0, 16]"),
+                           (("--stride", "0"), "frequency stride must be at least 1")):
+        code, _, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "bad"),
+                               *flags)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (flags, err)
+        assert not (tmp_path / "bad").exists()
+    code, _, err = run_cli("fourier", str(model), "--data", str(shared_data), "--out", str(tmp_path / "map"),
+                             "--images", "20", "--stride", "8", "--cutoff", "8", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "map" / "fourier.json").read_text())
+    assert result["u"] == list(range(-15, 17, 8)) and result["v"] == [0, 8, 16] and result["images"] == 20
+    assert all(0 <= e <= 1 for row in result["error_map"] for e in row)
+    assert set(result["filtered_accuracy"]) == {"low", "high"}
+    assert (tmp_path / "map" / "heat_map.png").stat().st_size > 1000

@@ -198,7 +198,7 @@ def scatter_figure(result: dict, eps: float, dest) -> None:
     if result["chosen"]:
         ax.scatter([result["chosen"]["non_robustness"]], [result["chosen"]["test_usefulness"]], s=30, c="red",
                    label="the claim's feature")
-    line = np.linspace(0, fragility.max(), 50)
+    line = np.geomspace(fragility.min(), fragility.max(), 50)  # the x axis is logarithmic
     ax.plot(line, eps * line, "k--", lw=1, label=f"usefulness = {eps:g} x non-robustness")
     ax.set(xscale="log", xlabel="non-robustness ||a||_2 / ||a||_S", ylabel="usefulness E[y f(x)] (test)",
            ylim=(min(-0.1, use.min()), max(0.6, use.max())), title="truck vs frog: Goh's eigenfeatures")

@@ -42,6 +42,7 @@ class LayerSettings:
     pairs: int = 100  # test images x1 (each paired with the next one as x2)
     steps: int = 10
     batch_size: int = 100
+    layers: tuple[str, ...] = ()  # layer names (layer_names) to measure; empty: every one
 
     def __post_init__(self):
         if not self.eps > 0:
@@ -117,7 +118,9 @@ def layer_robustness_stage(settings: LayerSettings, model_stages: dict[str, str]
         for name, stage in model_stages.items():
             model, _ = load_model(ctx.folder_of(stage) / "model", device)
             rows = {}
-            for layer in layer_names(model):
+            # settings.layers name the preset's architecture (standard, robust); another net: all its layers
+            chosen = settings.layers if settings.layers and name in ("standard", "robust") else layer_names(model)
+            for layer in chosen:  # LayerOutput rejects an unknown name
                 terms = ratio_terms(LayerOutput(model, layer), x, settings, seed)
                 rows[layer] = {"ratio": terms["ratio"],
                                "per_pair": (terms["moved"] / max(terms["apart"].mean(), 1e-12)).round(5).tolist()}

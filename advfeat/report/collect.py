@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from advfeat.claims import (NOT_JUDGED, SHOWN, Outcomes, claim_verdicts, claims_at, distill_claims_at, holm_family,
-                            judge, judge_outcomes, section4_rules)
+from advfeat.claims import (DISTILL_RIVALS, DR_FROM_NOISE, NOT_JUDGED, SHOWN, Outcomes, claim_verdicts, claims_at,
+                            distill_claims_at, holm_family, judge, judge_outcomes, section4_rules)
+from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, wrong_labels
 from advfeat.paper import FIGURE3, paper
 from advfeat.settings import KINDS
 from advfeat.stats import mean_interval, wilson_interval
@@ -83,7 +84,7 @@ def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
     eps = tuple(dict.fromkeys((0.25, float(preset["claim_eps"]))))
     parts = judge_outcomes(outcomes, eps)
     verdicts = {e: claim_verdicts(parts, e) for e in eps}
-    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25)}
+    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25) + (DR_FROM_NOISE,)}
     claims = []
     for claim_id in dict.fromkeys(j.claim for j in parts):
         mine = [j for j in parts if j.claim == claim_id]
@@ -198,11 +199,18 @@ def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_r
     leakage = extra_stages.get("leakage", {})
     nt_synth = [r["stats"] for r in by_seed(stage_results, "synth-det-nt").values()]
     linear = [r["linear_model"] for r in leakage.values() if "linear_model" in r]
+    discussion = discussion_summary(stage_results)
+    claims = judge(outcomes, claims=distill_claims_at(claim_eps)) + discussion.pop("claims")
+    for claim in claims:  # each rule with the rival view it rules out
+        for part in claim["parts"]:
+            part.setdefault("rival", DISTILL_RIVALS.get(claim["id"], ""))
+    probes = ("d", "rand", "det", "linear-d", "linear-rand", "linear-det")
     return {
-        "claims": judge(outcomes, claims=distill_claims_at(claim_eps)),
+        "claims": claims,
+        "discussion": discussion,
         "rows": table_rows(evals, eps_list, DISTILL_ROWS),
         "probe": {name: summarize([r[name] for r in leakage.values() if name in r])
-                  for name in ("d", "rand", "det", "linear-d", "linear-rand", "linear-det")},
+                  for name in probes + tuple(f"{p}@y+1" for p in probes)},
         "linear_model": {name: summarize([m[name] for m in linear])
                          for name in ("clean_accuracy", "certified_stable_at_0.25")}
         | {"train_eps": sorted({m["train_eps"] for m in linear})},
@@ -212,6 +220,55 @@ def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_r
             "ensemble_keeps_label": summarize([s["ensemble_keeps_label"] for s in nt_synth]),
             "transfer": summarize([r["transfer_rate"] for r in extra_stages.get("fig3-nt", {}).values()])},
     }
+
+
+# The discussion's stages (advfeat/discussion/), each judged by its module's judge(s).
+DISCUSSION_JUDGES = {
+    "squares": lambda r: [squares.judge_squares(r)],
+    "wrong-labels": wrong_labels.judge_wrong_labels,
+    "fourier-noise": lambda r: [fourier.judge_fourier_noise(r, "robust"), fourier.judge_fourier_noise(r, "gaussian")],
+    "filtered": lambda r: [fourier.judge_filtered(r)],
+    "fog": lambda r: [fourier.judge_fog(r)],
+    "eigenfeatures": lambda r: [eigenfeatures.judge_eigenfeatures(r)],
+    "layer-robustness": lambda r: [layer_robustness.judge_layer_robustness(r)],
+}
+
+
+def discussion_summary(stage_results: dict) -> dict:
+    """The discussion's judged claims (those whose stages ran) and what its figures draw:
+    heat maps and layer ratios averaged over seeds, the first seed's eigenfeature scatter,
+    squares' flip rates and fog's accuracies per seed."""
+    claims, stages = [], {}
+    for name, judge_of in DISCUSSION_JUDGES.items():
+        stages[name] = by_seed(stage_results, name)
+        if stages[name]:
+            claims += judge_of(stages[name])
+    out = {"claims": claims}
+    if stages["fourier-noise"]:
+        runs = list(stages["fourier-noise"].values())
+        out["heat_maps"] = {m: {"u": runs[0]["models"][m]["u"], "v": runs[0]["models"][m]["v"],
+                                "map": np.mean([r["models"][m]["map"] for r in runs], 0).tolist(),
+                                "clean_error": float(np.mean([r["models"][m]["clean_error"] for r in runs]))}
+                            for m in runs[0]["models"]} | {"norm": runs[0]["settings"]["norm"]}
+    if stages["layer-robustness"]:
+        runs = list(stages["layer-robustness"].values())
+        out["layer_ratios"] = {m: {layer: float(np.mean([r["models"][m][layer]["ratio"] for r in runs]))
+                                   for layer in runs[0]["models"][m]} for m in runs[0]["models"]}
+    if stages["eigenfeatures"]:
+        first = stages["eigenfeatures"][min(stages["eigenfeatures"])]
+        out["eigen_scatter"] = {k: first[k] for k in ("non_robustness", "test_usefulness", "chosen", "ensemble",
+                                                      "containment")} | {"eps": first["settings"]["eps"]}
+    if stages["squares"]:
+        out["squares"] = {s: {m: r[m]["flip_rate"] for m in ("overfit", "early")} | {"linear_radius":
+                                                                                   r["linear"]["min_radius"]}
+                          for s, r in stages["squares"].items()}
+    if stages["fog"]:
+        out["fog"] = {m: {k: summarize([r["models"][m][k] for r in stages["fog"].values()])
+                          for k in ("clean_accuracy", "fog_accuracy")} for m in ("standard", "robust")}
+    if stages["filtered"]:
+        out["filtered"] = {k: summarize([r[k]["test_accuracy"] for r in stages["filtered"].values()])
+                           for k in ("low", "high")}
+    return out
 
 
 def synth_summary(results: dict) -> dict[str, dict]:

@@ -32,7 +32,68 @@ def draw_figures(figures_dir: Path, numbers: Numbers, samples: dict, claim_eps: 
     draw_targeted_grid(samples, paths["targeted"])
     draw_bars(numbers.rows, paths["bars"], claim_eps)
     draw_transfer(numbers.figure3, numbers.correlation, paths["transfer"], numbers.nontransferable)
+    if numbers.distill:
+        paths |= draw_discussion_figures(figures_dir, numbers.distill.get("discussion", {}))
     return paths | copy_theory_figures(theory_dir, figures_dir)
+
+
+def draw_discussion_figures(figures_dir: Path, d: dict) -> dict[str, Path]:
+    """The Distill discussion's figures whose stages ran: {name: path}."""
+    from advfeat.discussion.eigenfeatures import scatter_figure
+
+    drawers = {"fourier_heat_maps": ("heat_maps", draw_heat_maps), "layer_ratios": ("layer_ratios", draw_layer_ratios),
+               "squares": ("squares", draw_squares),
+               "goh_scatter": ("eigen_scatter", lambda e, path: scatter_figure(e, e["eps"], path))}
+    paths = {}
+    for name, (key, draw) in drawers.items():
+        if key in d:
+            paths[name] = figures_dir / f"{name}.png"
+            draw(d[key], paths[name])
+    return paths
+
+
+def draw_heat_maps(maps: dict, path: Path) -> None:
+    """Gilmer & Hendrycks' figure: the error rate under Fourier-basis noise per frequency (u, v),
+    one panel per model (standard, robust, Gaussian-augmented), on one colour scale."""
+    plt = pyplot()
+    models = [m for m in maps if m != "norm"]
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 2.8), squeeze=False, layout="constrained")
+    for ax, m in zip(axes[0], models):
+        u, v = maps[m]["u"], maps[m]["v"]
+        image = ax.imshow(np.asarray(maps[m]["map"]), vmin=0, vmax=1, cmap="viridis", origin="lower",
+                          extent=(u[0] - 0.5, u[-1] + 0.5, v[0] - 0.5, v[-1] + 0.5), aspect="auto")
+        ax.set(title=f"{m} (L2 {maps['norm']:g})", xlabel="u", ylabel="v")
+    fig.colorbar(image, ax=axes[0].tolist(), label="error rate")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def draw_layer_ratios(ratios: dict, path: Path) -> None:
+    """R(f) per layer for each model (lower: more robust), layers in forward order at their
+    relative depth, named in the legend."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for m, rows in ratios.items():  # relative depth: nets of different depth on one axis
+        depth = np.linspace(0, 1, len(rows)) if len(rows) > 1 else [1.0]
+        ax.plot(depth, list(rows.values()), marker="o", label=f"{m} ({', '.join(rows)})")
+    ax.set(xlabel="relative depth of the layer (0: first ReLU, 1: final activation)", ylabel="R(f)",
+           title="layer robustness ratio (lower: more robust)")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def draw_squares(per_seed: dict, path: Path) -> None:
+    """Nakkiran's squares: the flip rate at eps 0.01 of the overfit and the early-stopped model per seed."""
+    plt = pyplot()
+    seeds = sorted(per_seed)
+    at = np.arange(len(seeds))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    for j, m in enumerate(("overfit", "early")):
+        ax.bar(at + (j - 0.5) * 0.4, [100 * per_seed[s][m] for s in seeds], 0.4, label=m)
+    ax.set_xticks(at, [f"seed {s}" for s in seeds])
+    ax.set(ylabel="test points flipped (%)", ylim=(0, 100), title="adversarial squares")
+    ax.legend(fontsize=7)
+    _save(plt, fig, path)
 
 
 def copy_theory_figures(theory_dir: str | None, figures_dir: Path) -> dict[str, Path]:

@@ -33,7 +33,7 @@ def render(results: dict, numbers: Numbers, figures: dict[str, str]) -> str:
                 figure2b_section(figures),
                 figure3_section(numbers, preset["transfer_images"], figures)]
     if numbers.distill:
-        sections.append(distill_section(numbers.distill))
+        sections.append(distill_section(numbers.distill, figures))
     sections += [theory_section(numbers.theory, figures), timings_section(results), preset_section(preset)]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
@@ -334,32 +334,132 @@ def figure3_section(numbers: Numbers, transfer_images: int, figures: dict[str, s
     return lines + ["", f"Paper values: {FIGURE3_SOURCE.source}.", "", f"![transfer]({figures['transfer']})"]
 
 
-def distill_section(distill: dict) -> list[str]:
-    """--extra distill: the Distill discussion's claims judged, Goh's probe, Nakkiran's
-    non-transferable D_det, and the extra models' accuracies."""
+# Which Distill comment each experiment answers (claim id -> (comment, experiment)), in the
+# article's order; the README copies the table `comments_table` makes.
+COMMENTS = {
+    "fourier-noise-robust": ("1. Gilmer & Hendrycks: robustness beyond L_p", "Fourier-noise heat maps, robust vs standard"),
+    "fourier-noise-gaussian": ("1. Gilmer & Hendrycks", "Fourier-noise heat maps, Gaussian-augmented vs standard"),
+    "filtered-training": ("1. Gilmer & Hendrycks", "training and testing on high- and low-passed images"),
+    "fog": ("1. Gilmer & Hendrycks", "a fog-like low-frequency corruption"),
+    "goh-leakage": ("2. Goh: robust feature leakage", "a linear probe on robust features trained on D_det / D_rand"),
+    "goh-eigenfeatures": ("3. Goh: two examples of useful, non-robust features", "eigenfeatures of truck vs frog"),
+    "layer-robustness": ("4. Nakano, and the authors' reply", "the layer-robustness ratio R(f)"),
+    "nakkiran-squares": ("5. Nakkiran: adversarial examples are just bugs, too", "adversarial squares"),
+    "nakkiran-bugs": ("5. Nakkiran", "non-transferable D_det"),
+    "linf-datasets": ("5. Nakkiran (the L-inf replications)", "L-inf D_rand and D_det"),
+    "wallace-mislabelled": ("6. Wallace: learning from incorrectly labeled data", "a student on a teacher's wrong labels"),
+    "wallace-cross": ("6. Wallace", "five classes learned from labels of the other five"),
+    "wallace-toy": ("6. Wallace", "his 2-D toy"),
+}
+DISCUSSION_FIGURES = (("fourier_heat_maps", "Fourier-noise error heat maps (Gilmer & Hendrycks)"),
+                      ("goh_scatter", "Goh's usefulness against non-robustness"),
+                      ("layer_ratios", "R(f) per layer (the authors' reply to Nakano)"),
+                      ("squares", "Nakkiran's adversarial squares: flip rates"))
+
+
+def distill_section(distill: dict, figures: dict[str, str] | None = None) -> list[str]:
+    """--extra distill: which comment each experiment answers and its verdict, every claim with
+    its rules, rivals, intervals and the comment's number, Goh's probe, Nakkiran's
+    non-transferable D_det, the extra models' accuracies, and the discussion's figures."""
+    figures = figures or {}
     return ["## The Distill discussion (--extra distill)", "",
             "The comments on the paper tested its claims; each experiment here states its claim, the number from the "
             "Distill article as a reference (its setting differs: see the reference column), and ours with its "
-            "interval, judged by the same rule as the main claims.", "",
-            *claims_table(distill["claims"], "the Distill article (reference, its setting)"), "",
-            *_probe_lines(distill), "", *_nontransferable_lines(distill)]
+            "interval (over seeds with two or more, else over test images), judged by the same rule as the main "
+            "claims. D_R from noise is judged with the main claims (above). Style transfer (Nakano) is not built.", "",
+            *comments_table(distill["claims"]), "", *discussion_rules(distill["claims"]), "",
+            *_discussion_lines(distill.get("discussion", {})), "",
+            *_probe_lines(distill), "", *_nontransferable_lines(distill),
+            *[line for key, title in DISCUSSION_FIGURES if key in figures
+              for line in ("", f"![{title}]({figures[key]})")]]
+
+
+def comments_table(claims: list[dict]) -> list[str]:
+    """Which Distill comment each experiment answers, and its verdict (the README's table)."""
+    lines = ["| Distill comment | experiment | claim | verdict |", "|---|---|---|---|"]
+    order = {claim_id: i for i, claim_id in enumerate(COMMENTS)}
+    for c in sorted(claims, key=lambda c: order.get(c["id"], len(order))):
+        comment, experiment = COMMENTS.get(c["id"], ("", c["id"]))
+        lines.append(f"| {comment} | {experiment} | {c['statement']} | **{c['verdict']}** |")
+    return lines
+
+
+def _is_rate(rule: str) -> bool:
+    """Whether a rule's effect is an accuracy, error or rate (printed in points)."""
+    return any(word in rule for word in ("acc.", "rate", "error", "drop"))
+
+
+def discussion_rules(claims: list[dict]) -> list[str]:
+    """Every rule: the comment's number with its setting, ours with its interval, the rival."""
+    lines = ["| claim | the comment (reference, its setting) | rule | ours [95% interval] | rival view it rules out "
+             "| verdict |", "|---|---|---|---|---|---|"]
+    for c in claims:
+        for i, part in enumerate(c["parts"]):
+            points = _is_rate(part["rule"])
+            ours = _interval_text(part["interval"], points)
+            lines.append(f"| {c['id'] if i == 0 else ''} | {c['paper'] if i == 0 else ''} | {_rule_in_units(part['rule'], points)} | {ours} "
+                         f"| {part.get('rival', '')} | {part['verdict']} |")
+    return lines
+
+
+def _rule_in_units(rule: str, points: bool) -> str:
+    """A rule whose margin is a fraction of accuracy ("... > 0.05"), in points as its effect is shown."""
+    head, _, margin = rule.rpartition(" ")
+    try:
+        return f"{head} {100 * float(margin):g} pts" if points else rule
+    except ValueError:
+        return rule
+
+
+def _interval_text(interval: dict | None, points: bool) -> str:
+    if interval is None:
+        return MISSING
+    scale, unit = (100, " pts") if points else (1, "")
+    low, high = interval.get("low"), interval.get("high")
+    text = f"{scale * interval['estimate']:+.{1 if points else 3}f}{unit}"
+    if low is not None:
+        text += f" [{scale * low:+.{1 if points else 3}f}, {scale * high:+.{1 if points else 3}f}]"
+    return text
+
+
+def _discussion_lines(d: dict) -> list[str]:
+    """A few numbers the claims' effects do not show directly (means over seeds)."""
+    lines = []
+    if "fog" in d:
+        lines.append("Fog: " + "; ".join(f"{m} {cell(d['fog'][m]['clean_accuracy'])}% clean -> "
+                                         f"{cell(d['fog'][m]['fog_accuracy'])}% under fog" for m in d["fog"]) + ".")
+    if "filtered" in d:
+        lines.append(f"Filtered training: low-passed {cell(d['filtered']['low'])}%, high-passed "
+                     f"{cell(d['filtered']['high'])}% (chance 10%).")
+    if "heat_maps" in d:
+        lines.append("Fourier noise (L2 norm {:g}): clean error ".format(d["heat_maps"]["norm"])
+                     + ", ".join(f"{m} {100 * v['clean_error']:.1f}%, mean noisy error "
+                                 f"{100 * sum(map(sum, v['map'])) / sum(map(len, v['map'])):.1f}%"
+                                 for m, v in d["heat_maps"].items() if m != "norm") + ".")
+    if "layer_ratios" in d:
+        lines.append("R(f): " + "; ".join(f"{m} " + ", ".join(f"{layer} {r:.3f}" for layer, r in rows.items())
+                                          for m, rows in d["layer_ratios"].items()) + ".")
+    return [f"- {line}" for line in lines]
 
 
 def _probe_lines(distill: dict) -> list[str]:
-    """Goh's robust-feature probe on two feature sets, with his robust linear model's numbers."""
+    """Goh's robust-feature probe on two feature sets (on the true labels y and on y+1), with
+    his robust linear model's numbers."""
     probe, linear = distill["probe"], distill["linear_model"]
     train_eps = " or ".join(f"{e:g}" for e in linear["train_eps"]) or MISSING
     lines = ["Goh's robust-feature probe: a linear classifier on robust features, fit on each training set, "
-             "tested on the real test set's true labels. Two sets of robust features: the penultimate layer of the "
+             "tested on the real test set's true labels y, and on y+1 (the labels D_det's images carry). Two sets of "
+             "robust features: the penultimate layer of the "
              "(adversarially trained) robust network, and, as Goh did, the 10 logits of a robust linear model on the "
              f"pixels of D, trained against L2 perturbations of size {train_eps} (per seed, the smallest of 0.25, "
              "0.5, 1, 2 that meets Goh's specification on D). Its robustness is certified in closed form: its "
              f"prediction provably holds within L2 0.25 on {cell(linear['certified_stable_at_0.25'])}% of test "
              f"images (Goh's specification: 80%); its own test accuracy is {cell(linear['clean_accuracy'])}%.", "",
-             "| probe trained on | on the robust network's features | on the robust linear model's features |",
-             "|---|---|---|"]
+             "| probe trained on | robust network's features: y | y+1 | robust linear model's features: y | y+1 |",
+             "|---|---|---|---|---|"]
     for name, label in (("d", "D (the real training images)"), ("rand", "D_rand"), ("det", "D_det")):
-        lines.append(f"| {label} | {cell(probe[name])} | {cell(probe['linear-' + name])} |")
+        lines.append(f"| {label} | {cell(probe[name])} | {cell(probe.get(name + '@y+1'))} | "
+                     f"{cell(probe['linear-' + name])} | {cell(probe.get('linear-' + name + '@y+1'))} |")
     return lines + [f"- {note}" for note in distill["probe_notes"]]
 
 

@@ -10,6 +10,14 @@ Per seed s, beside the main stages (plan.py), through the same Planner (planner.
     synth-{rand,det}-linf@s    the L-inf replications of D_rand and D_det (eps 8/255)
     synth-r-noise@s            D_R inverted from noise, as the authors' inversion code starts
     train-on-*@s, eval-*@s     a standard model on each, evaluated like the main ones
+and the experiments of advfeat/discussion/ (`plan_discussion`, settings: preset.discussion):
+    squares@s                  Nakkiran (response 5): adversarial squares
+    wrong-labels@s             Wallace (response 6): mislabelled images, across classes, the 2-D toy
+    gaussian-aug@s             Gilmer & Hendrycks (response 1): a Gaussian-augmented model ...
+    fourier-noise@s            ... Fourier-basis noise heat maps (standard, robust, Gaussian)
+    filtered@s, fog@s          ... training on filtered images; fog, standard vs robust
+    eigenfeatures@s            Goh (response 3): useful non-robust eigenfeatures of truck vs frog
+    layer-robustness@s         the authors' reply to Nakano (response 4): R(f) per layer
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from advfeat.data.arrays import Split
 from advfeat.data.synthesized import store_images, write_dataset_card, write_shard
 from advfeat.data.tensor_loader import to_unit_float
 from advfeat.linear_probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
+from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, wrong_labels
+from advfeat.discussion.settings import available_layers
 from advfeat.reproduce.pipeline import Stage, Work
 from advfeat.reproduce.planner import Planner, SeedStages
 from advfeat.reproduce.stages import DATASET, MODEL, Sources
@@ -34,12 +44,15 @@ from advfeat.settings import SynthSettings
 
 ENSEMBLE_SEED_OFFSET = 2000  # the ensemble's models never share a seed with the source or Figure 3's
 LINF_EPS, LINF_STEP = 8 / 255, 2 / 255  # the L-inf replications' radius (Nakkiran: 8/255, steps of 2/255)
+FORWARD = 1 / 3  # a forward pass costs about a third of an attack step (forward and backward)
 
 
 def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: Sources, seed: int, batch_size: int,
                   device, log):
     """Goh's probe: a linear classifier on robust features, fit on each dataset (and on D itself,
-    for scale), tested on the real test set's true labels. Two sets of robust features: the robust
+    for scale), tested on the real test set's true labels y and (key "<name>@y+1") on y+1, the
+    labels D_det's images carry: a probe that learned D_det's labels from robust features would
+    score on y+1. Two sets of robust features: the robust
     network's penultimate layer, and (Goh's own) the logits of a certified-robust linear model."""
 
     def run(ctx) -> dict:
@@ -51,6 +64,7 @@ def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: So
             notes.append("the probe's model was trained without adversarial training: its features are not robust")
             log(f"advfeat: warning: {notes[-1]}")
         x_test, y_test = sources.test_tensors()
+        y_next = (y_test + 1) % robust.num_classes  # Goh: D_det's labels are y+1; does the probe learn them?
         test_features = features_of(robust, x_test, batch_size)
         result = {"notes": notes}
         splits = {"d": sources.train_data(seed).train}
@@ -68,8 +82,10 @@ def leakage_stage(robust_stage: str, dataset_stages: dict[str, str], sources: So
         for name, (x, y) in tensors.items():
             probe = fit_linear_probe(features_of(robust, x, batch_size), y, robust.num_classes)
             result[name] = probe_accuracy(probe, test_features, y_test)
+            result[f"{name}@y+1"] = probe_accuracy(probe, test_features, y_next)
             probe = fit_linear_probe(linear(x.flatten(1)), y, robust.num_classes)
             result[f"linear-{name}"] = probe_accuracy(probe, linear_test, y_test)
+            result[f"linear-{name}@y+1"] = probe_accuracy(probe, linear_test, y_next)
         return result
 
     return run
@@ -177,3 +193,76 @@ def plan_distill(planner: Planner, seed: int, main: SeedStages) -> None:
                                                          preset.transfer_images, sources, device),
                           Work("attack", preset.arch, preset.transfer_images * attack.steps * (1 + len(ensemble)),
                                attack.batch_size)))
+    plan_discussion(planner, seed, main)
+
+
+def _forward_work(arch: str, images: float, batch_size: int) -> Work:
+    """Forward passes only (evaluation, labelling), in attack image-steps."""
+    return Work("attack", arch, images * FORWARD, batch_size)
+
+
+def _wrong_labels_work(s: wrong_labels.WrongLabelsSettings) -> Work:
+    """The four nets: teacher (half the images), student (the ~2/3 of the other half it labels
+    wrongly, at CPU scale), cross teacher and student (a quarter each). The 2-D toy's seconds are
+    left out: no rate describes its 32-point MLPs (about 5 s a draw on a CPU)."""
+    half = s.n_images / 2
+    passes = (half * s.teacher.epochs + 0.7 * half * s.student.epochs
+              + half / 2 * (s.teacher.epochs + s.student.epochs))
+    return Work("train", s.teacher.arch, passes, s.teacher.batch_size)
+
+
+def _squares_seconds(s: squares.SquaresSettings) -> float:
+    """The random-feature net's matrix products (hidden features of training and attacked test
+    images), at about 2 GFLOP/s: measured on a loaded 2-core CPU (cpu preset: 23 s); a GPU is far
+    faster (an over-estimate there)."""
+    d = 3 * 32 * 32
+    return 5e-10 * (s.n_train + 2 * s.n_test * (s.attack_steps + 2)) * d * s.width + 2.0
+
+
+def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
+    """The discussion's stages of one seed (advfeat/discussion/, settings preset.discussion);
+    their settings (asdict) enter their keys, with the seed's data (subset, test images)."""
+    preset, sources, device, log = planner.preset, planner.sources, planner.device, planner.log
+    d = preset.discussion
+    data = {"subset": preset.subset, "test_images": sources.test_images}
+    models = {"standard": main.models["standard"], "robust": main.models["robust"]}
+    n_test = min(planner.n_test, len(sources.test()))
+
+    planner.add(Stage("squares", seed, {"settings": asdict(d.squares)}, (),
+                      squares.squares_stage(d.squares, seed, device),
+                      Work("fixed", fixed_seconds=_squares_seconds(d.squares))))
+    planner.add(Stage("wrong-labels", seed, {"settings": asdict(d.wrong_labels)} | data, (),
+                      wrong_labels.wrong_labels_stage(d.wrong_labels, sources, seed, device, log),
+                      _wrong_labels_work(d.wrong_labels)))
+
+    f = d.fourier
+    settings = {"settings": asdict(f)} | data
+    epochs_images = f.train_images * f.train.epochs
+    gaussian = planner.add(Stage("gaussian-aug", seed, settings, (),
+                                 fourier.gaussian_model_stage(f, sources, seed, device, log),
+                                 Work("train", f.train.arch, epochs_images * f.gaussian_copies, f.train.batch_size)))
+    cells = len(fourier.frequency_grid(f.stride)[0]) * len(fourier.frequency_grid(f.stride)[1])
+    heat_models = models | {"gaussian": gaussian}
+    planner.add(Stage("fourier-noise", seed, settings, tuple(heat_models.values()),
+                      fourier.fourier_heat_map_stage(f, heat_models, sources, seed, device),
+                      _forward_work(preset.arch, len(heat_models) * (cells + 1) * min(f.images, n_test),
+                                    f.batch_size)))
+    planner.add(Stage("filtered", seed, settings, (), fourier.filtered_training_stage(f, sources, seed, device, log),
+                      Work("train", f.train.arch, 2 * epochs_images, f.train.batch_size)))
+    planner.add(Stage("fog", seed, settings, tuple(models.values()), fourier.fog_stage(f, models, sources, seed, device),
+                      _forward_work(preset.arch, 2 * len(models) * min(f.fog_images, n_test), f.batch_size)))
+
+    planner.add(Stage("eigenfeatures", seed, {"settings": asdict(d.eigen)} | data, (),
+                      eigenfeatures.eigenfeatures_stage(d.eigen, sources, seed),
+                      # measured on a loaded 2-core CPU: 5.5 s (2,000 images), 18 s (5,000): the Gram
+                      # matrix of the truck and frog images and Goh's figure
+                      Work("fixed", fixed_seconds=2.0 + 0.0035 * planner.n_train)))
+
+    # R(f) for the standard and robust models, and a VGG-style net where Figure 3 trained one on D.
+    layer_models = models | {arch: main.fig3[arch][0] for arch in main.fig3 if arch.startswith("vgg")}
+    s = d.layers
+    steps = sum(len(s.layers or available_layers(preset.arch)) if name in models else len(available_layers(name))
+                for name in layer_models) * min(s.pairs, n_test) * (s.steps + 3)
+    planner.add(Stage("layer-robustness", seed, {"settings": asdict(s)} | data, tuple(layer_models.values()),
+                      layer_robustness.layer_robustness_stage(s, layer_models, sources, seed, device),
+                      Work("attack", preset.arch, steps, s.batch_size)))
