@@ -176,6 +176,10 @@ def distill_claims_at(eps: float) -> tuple[Claim, ...]:
 DR_FROM_NOISE = Claim("dr-from-noise", "D_R inverted from noise also gives robustness (the authors' inversion code)",
                       "the authors' inversion notebook starts from clamp(N(0.5, 0.05^2)); the paper's algorithm from "
                       "another image", ())
+# Nakkiran's point against Figure 3's trend (nakkiran_against_trend): its text for the report.
+NAKKIRAN_TREND = Claim("nakkiran-trend", "Non-transferable D_det sits on Figure 3's trend (the authors' reply to Nakkiran)",
+                       "the authors' reply: Nakkiran's D_det transfers little and teaches little, as Figure 3 predicts",
+                       ())
 
 # The rival view each Distill experiment's rule rules out, by claim id (the discussion's judges
 # in advfeat/discussion/ state theirs in their docstrings; here for the report).
@@ -446,11 +450,11 @@ def nakkiran_against_trend(fig3: dict, point: tuple[float, float]) -> Judged:
     part = "accuracy trained on non-transferable D_det, against Figure 3's trend at its transfer rate"
     rival = "non-transferable examples teach less (or more) than their transfer rate predicts: off the trend"
     if len(fig3 or {}) < 4:
-        return _not_judged("nakkiran-bugs", part, 0.0, "within", rival, f"{NOT_JUDGED}: fewer than 4 architectures")
+        return _not_judged("nakkiran-trend", part, 0.0, "within", rival, f"{NOT_JUDGED}: fewer than 4 architectures")
     x, y = zip(*fig3.values())
     predicted = prediction_interval(x, y, point[0])
     inside = predicted.low <= point[1] <= predicted.high
-    return Judged("nakkiran-bugs", part, point[1] - predicted.estimate, shift(predicted, predicted.estimate), 0.0,
+    return Judged("nakkiran-trend", part, point[1] - predicted.estimate, shift(predicted, predicted.estimate), 0.0,
                   "within", HOLDS if inside else FAILS, rival,
                   note=f"trend predicts {100 * predicted.estimate:.1f}% at transfer {100 * point[0]:.1f}%")
 

@@ -212,7 +212,7 @@ def test_nakkirans_point_is_judged_against_the_trend():
     assert off_trend.verdict == FAILS and off_trend.effect > on_trend.interval.high
     assert nakkiran_against_trend({"a": (0.1, 0.1)}, (0.1, 0.1)).verdict.startswith("not judged")
     with_point = judge_parts(Evidence(correctness(TRUE), LEAKAGE, MONOTONE_FIG3, (0.064, 0.35)), n_boot=BOOT)
-    assert [j.verdict for j in with_point if j.claim == "nakkiran-bugs"] == [FAILS]
+    assert [j.verdict for j in with_point if j.claim == "nakkiran-trend"] == [FAILS]
 
 
 def test_the_share_is_undefined_when_adversarial_training_gains_nothing():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advfeat.claims import (DISTILL_RIVALS, DR_FROM_NOISE, NOT_JUDGED, SHOWN, Outcomes, claim_verdicts, claims_at,
-                            distill_claims_at, holm_family, judge, judge_outcomes, section4_rules)
+from advfeat.claims import (DISTILL_RIVALS, DR_FROM_NOISE, NAKKIRAN_TREND, NOT_JUDGED, SHOWN, Outcomes,
+                            claim_verdicts, claims_at, distill_claims_at, holm_family, judge, judge_outcomes, section4_rules)
 from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, wrong_labels
 from advfeat.paper import FIGURE3, paper
 from advfeat.settings import KINDS
@@ -84,7 +84,7 @@ def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
     eps = tuple(dict.fromkeys((0.25, float(preset["claim_eps"]))))
     parts = judge_outcomes(outcomes, eps)
     verdicts = {e: claim_verdicts(parts, e) for e in eps}
-    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25) + (DR_FROM_NOISE,)}
+    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25) + (DR_FROM_NOISE, NAKKIRAN_TREND)}
     claims = []
     for claim_id in dict.fromkeys(j.claim for j in parts):
         mine = [j for j in parts if j.claim == claim_id]
