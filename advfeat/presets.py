@@ -231,8 +231,9 @@ CPU_PRESET = Preset(
         "A tiny 3-layer net (0.02 M weights) on 5,000 training images, for 10 one-cycle epochs, instead of "
         "ResNet-50 on 50,000 for 150 (5,000, not the exploration's 10,000: with 10,000 the first confirmatory run "
         "took 23 and 33 minutes per seed on 2 cores, over the 30-minute budget for three).",
-        "bf16 autocast on CPUs with native bf16 (AMX or AVX512-BF16; fp32 elsewhere), as on GPUs: weights, "
-        "perturbations and losses stay fp32.",
+        "Attacks and evaluation compute in bf16 autocast on CPUs with native bf16 (AMX or AVX512-BF16), as on "
+        "GPUs (perturbations, weights and losses stay fp32); training's weight updates, and CPUs without native "
+        "bf16, compute in fp32.",
         "D_rand and D_det use eps 1.0 instead of 0.5: in the exploration runs (seed 0, docs/cpu-preset.md), targeted "
         "PGD at eps 0.5 fooled the smooth tiny net on only about 39% of images (the paper's ResNet-50 is fooled "
         "almost always), and D_det then taught little.",

@@ -29,7 +29,7 @@ def render(results: dict, numbers: Numbers, figures: dict[str, str]) -> str:
                 strong_check(rows, preset["strong_attack"], preset["strong_subset"]),
                 d6_section(rows),
                 synthesized_section(numbers.synthesized),
-                samples_section(figures),
+                samples_section(figures, (results.get("seeds") or [0])[0]),
                 figure2b_section(figures),
                 figure3_section(numbers, preset["transfer_images"], figures)]
     if numbers.distill:
@@ -302,10 +302,10 @@ def synthesized_section(synth: dict[str, dict]) -> list[str]:
     return lines
 
 
-def samples_section(figures: dict[str, str]) -> list[str]:
-    """The inversion grid (Figure 2a) and the D_rand/D_det samples."""
+def samples_section(figures: dict[str, str], first_seed: int = 0) -> list[str]:
+    """The inversion grid (Figure 2a) and the D_rand/D_det samples, from the first seed's datasets."""
     return [f"![inversions]({figures['inversion']})", "",
-            "Seed 0. Columns: x, the start image x0, x0 optimized to match x's representation under the standard "
+            f"Seed {first_seed}. Columns: x, the start image x0, x0 optimized to match x's representation under the standard "
             "model (D_NR) and under the robust model (D_R).", "", f"![targeted]({figures['targeted']})"]
 
 
