@@ -71,6 +71,18 @@ def build_from_state(card: dict, state: dict[str, torch.Tensor], where: Path) ->
     return model
 
 
+def check_data_fits(card: dict, image_shape: tuple[int, ...]) -> None:
+    """One-line UserError when a loaded model cannot take the data's images (C, H, W):
+    registry architectures by their declared sizes, others by the input size on their card."""
+    from advfeat.models.registry import check_input_size, model_names
+
+    if card.get("arch") in model_names():
+        check_input_size(card["arch"], image_shape)
+    elif card.get("input_size") and list(card["input_size"]) != list(image_shape):
+        raise UserError(f"the model {card.get('arch')} takes images of shape {tuple(card['input_size'])}; "
+                        f"the data's are {tuple(image_shape)}")
+
+
 def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """(model in eval mode on `device`, card) from a model folder, or from a robustness-library
     checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py)."""

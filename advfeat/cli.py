@@ -132,7 +132,7 @@ def _add_train(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from advfeat.checkpoint import load_model
+    from advfeat.checkpoint import check_data_fits, load_model
     from advfeat.evaluation import accuracy_report, predict_tensor, robust_accuracy, split_tensors
     from advfeat.io import write_json
     from advfeat.data import load_dataset
@@ -153,6 +153,7 @@ def _eval(args: argparse.Namespace) -> None:
     model, card = load_model(args.model, device)
     data = args.data or card.get("data", {}).get("path")
     dataset = load_dataset(data, name=args.name, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
+    check_data_fits(card, dataset.test.images.shape[1:])
     x, y = split_tensors(dataset.test, device)
     result = {"model": str(args.model), "arch": card["arch"], "robust_training": card.get("robust"),
               "data": dataset.source, "device": device_name(device),
