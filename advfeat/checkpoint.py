@@ -85,7 +85,8 @@ def check_data_fits(card: dict, image_shape: tuple[int, ...]) -> None:
 
 def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """(model in eval mode on `device`, card) from a model folder, or from a robustness-library
-    checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py)."""
+    checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py).
+    A folder of a wrapped module (wrapped_folder.py) gives a WrappedClassifier."""
     folder = Path(folder)
     if folder.is_file():
         from advfeat.models.robustness_import import load_robustness
@@ -100,4 +101,8 @@ def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[
     if "card" not in metadata:
         raise UserError(f"{folder / WEIGHTS} has no embedded card; not an advfeat checkpoint")
     card = metadata["card"]
+    if card.get("source") == "wrapped":  # a wrapped nn.Module, rebuilt from its card's recipe
+        from advfeat.models.wrapped_folder import load_wrapped
+
+        return load_wrapped(card, state, folder).to(device).eval(), card
     return build_from_state(card, state, folder).to(device).eval(), card

@@ -395,6 +395,8 @@ def _add_theory(sub) -> None:
 def _import(args: argparse.Namespace) -> None:
     from advfeat.models.robustness_import import import_robustness
 
+    if args.source == "robustbench":
+        return _import_robustbench(args)
     card = import_robustness(args.file, args.arch, args.out, eps=args.eps, norm=args.norm, force=args.force)
     source, norm = card["source_file"], card["normalization"]
     mean, std = ([round(v, 4) for v in norm[k]] for k in ("mean", "std"))
@@ -403,17 +405,34 @@ def _import(args: argparse.Namespace) -> None:
           f"{'' if norm['matches_cifar10'] else ' (not CIFAR-10’s: the model uses it)'} -> {args.out}")
 
 
+def _import_robustbench(args: argparse.Namespace) -> None:
+    from advfeat.models import robustbench_model, save_wrapped
+
+    if args.arch or args.eps is not None:
+        raise UserError("--arch and --eps are for robustness-library files; a RobustBench model is named by NAME")
+    model = robustbench_model(args.file, args.model_dir, args.dataset, args.threat_model, args.weights)
+    card = save_wrapped(args.out, model, force=args.force)
+    print(f"saved RobustBench's {args.file} ({card['num_classes']} classes, weights sha256 "
+          f"{card['origin']['weights_sha256'][:16]}...) -> {args.out}")
+
+
 def _add_import(sub) -> None:
     from advfeat.models.robustness_import import IMPORTABLE
 
     p = sub.add_parser("import", help="turn another library's checkpoint into an advfeat model folder")
-    p.add_argument("source", choices=["robustness"], help="the library that wrote FILE (robustness: MadryLab's, "
-                                                         "the paper's code)")
-    p.add_argument("file", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running code from it)")
+    p.add_argument("source", choices=["robustness", "robustbench"],
+                   help="the library that wrote FILE (robustness: MadryLab's, the paper's code), or robustbench: "
+                        "a RobustBench model by NAME, its weights already on disk")
+    p.add_argument("file", metavar="FILE|NAME", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running "
+                                                      "code from it); for robustbench the model's name")
     p.add_argument("--arch", choices=IMPORTABLE, help="its architecture (default: the one its keys fit)")
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--eps", type=float, help="the radius it was adversarially trained at, for its card (0: standard)")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the norm of --eps (default: l2)")
+    p.add_argument("--model-dir", default="models", help="robustbench: its model_dir (default: models)")
+    p.add_argument("--dataset", default="cifar10", help="robustbench: cifar10, cifar100 or imagenet (default: cifar10)")
+    p.add_argument("--threat-model", default="Linf", help="robustbench: Linf, L2 or corruptions (default: Linf)")
+    p.add_argument("--weights", help="robustbench: the weights file (default: MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt)")
     p.add_argument("--force", action="store_true", help="replace a model already in --out")
     p.set_defaults(func=_import)
 
