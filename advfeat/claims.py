@@ -22,7 +22,17 @@ from advfeat.stats import (BOOT_SEED, FAILS, HOLDS, INCONCLUSIVE, N_BOOT, Interv
                            spearman_exact_test,
                            two_level_replicates, verdict, wilson_interval)
 
-CHANCE = 0.10  # ten classes
+# Chance is 1 / the number of classes, taken from the data: each evaluation records the
+# model's num_classes (reproduce/stages.py); results from before that record are CIFAR-10's.
+DEFAULT_CLASSES = 10
+
+
+def num_classes_of(evals: dict[str, dict[int, dict]]) -> int:
+    """The class count the evaluations record (one value for all of them), else DEFAULT_CLASSES."""
+    counts = {ev.get("num_classes", DEFAULT_CLASSES) for by_seed in evals.values() for ev in by_seed.values()}
+    if len(counts) != 1:
+        raise ValueError(f"evaluations of different class counts {sorted(counts)} cannot be judged together")
+    return counts.pop()
 
 
 class Outcomes:
@@ -31,6 +41,8 @@ class Outcomes:
     def __init__(self, evals: dict[str, dict[int, dict]], fig3: dict[int, dict], stages: dict | None = None):
         self.evals, self.fig3, self.stages = evals, fig3, stages or {}
         self.seeds = sorted(next(iter(evals.values())))
+        self.num_classes = num_classes_of(evals)
+        self.chance = 1 / self.num_classes
 
     def _row(self, model: str, seed: int, eps: float) -> dict:
         return next(r for r in self.evals[model][seed]["main"]["robust"] if abs(r["eps"] - eps) < 1e-9)
@@ -61,9 +73,9 @@ class Outcomes:
 
     def above_chance(self, model: str, metric: str = "clean") -> Interval:
         if len(self.seeds) >= 2:
-            return shift(mean_interval([self.value(model, metric, s) for s in self.seeds]), CHANCE)
+            return shift(mean_interval([self.value(model, metric, s) for s in self.seeds]), self.chance)
         outcome = self.per_image(model, metric, self.seeds[0])
-        return shift(wilson_interval(int(outcome.sum()), len(outcome)), CHANCE)
+        return shift(wilson_interval(int(outcome.sum()), len(outcome)), self.chance)
 
     def stage_value_above_chance(self, stage: str, key: str) -> Interval | None:
         """A per-seed accuracy that a stage result holds (a probe's), minus chance."""
@@ -72,9 +84,9 @@ class Outcomes:
         if not values:
             return None
         if len(values) >= 2:
-            return shift(mean_interval(values), CHANCE)
+            return shift(mean_interval(values), self.chance)
         n = self.evals["standard"][self.seeds[0]]["n"]
-        return shift(wilson_interval(round(values[0] * n), n), CHANCE)
+        return shift(wilson_interval(round(values[0] * n), n), self.chance)
 
     def transfer_correlation(self) -> Interval | None:
         points = [(p["transfer_rate"], p["det_accuracy"]) for s in self.seeds for p in self.fig3[s]["points"]
@@ -241,11 +253,21 @@ class Evidence:
         per seed [S] or per image [S, N]; None when the Distill `leakage` stage did not run.
     fig3: architecture -> (mean transfer success rate, mean accuracy trained on D_det) over seeds.
     nakkiran: (mean transfer rate, mean accuracy trained on) Nakkiran's non-transferable D_det, or None.
+    num_classes: the data's class count; chance is its inverse.
     """
     correct: dict
     leakage: dict | None = None
     fig3: dict | None = None
     nakkiran: tuple | None = None
+    num_classes: int = DEFAULT_CLASSES
+
+    @property
+    def chance(self) -> float:
+        return 1 / self.num_classes
+
+    @property
+    def chance_text(self) -> str:
+        return f"chance ({100 * self.chance:.3g}%)"
 
     def has(self, *keys) -> bool:
         return all(k in self.correct for k in keys)
@@ -331,7 +353,8 @@ def half_gain_rule(ev: Evidence, **kw) -> Judged:
     """D_NR keeps at least half of standard training's gain over chance."""
     return _part(ev, "non-robust-features-accuracy",
                  "clean acc. (D_NR) - chance - half of (clean acc. (standard) - chance)",
-                 [("nr", "clean"), ("standard", "clean")], lambda m: m[0] - CHANCE - (m[1] - CHANCE) / 2, "above", 0.0,
+                 [("nr", "clean"), ("standard", "clean")], lambda m: m[0] - ev.chance - (m[1] - ev.chance) / 2,
+                 "above", 0.0,
                  "D_NR teaches little: its accuracy is a remnant of what survived inversion", **kw)
 
 
@@ -345,8 +368,8 @@ def less_robust_than_standard(ev: Evidence, eps: float, **kw) -> Judged:
 
 def d_rand_rules(ev: Evidence, **kw) -> list[Judged]:
     """D_rand: above chance, and above what a probe on robust features learns from D_rand."""
-    parts = [_part(ev, "non-robust-features-suffice", "clean acc. (D_rand) - chance (10%)", [("rand", "clean")],
-                   lambda m: m[0] - CHANCE, "above", 0.05, "D_rand's mislabeled images teach nothing", **kw)]
+    parts = [_part(ev, "non-robust-features-suffice", f"clean acc. (D_rand) - {ev.chance_text}", [("rand", "clean")],
+                   lambda m: m[0] - ev.chance, "above", 0.05, "D_rand's mislabeled images teach nothing", **kw)]
     for probe, features in PROBES.items():
         part = f"clean acc. (D_rand) - acc. of a linear probe on {features} trained on D_rand"
         rival = "robust features leaking into D_rand explain its accuracy (a probe on them learns as much)"
@@ -359,8 +382,8 @@ def d_rand_rules(ev: Evidence, **kw) -> list[Judged]:
 
 
 def d_det_rules(ev: Evidence, **kw) -> list[Judged]:
-    return [_part(ev, "against-robust-features", "clean acc. (D_det) - chance (10%)", [("det", "clean")],
-                  lambda m: m[0] - CHANCE, "above", 0.05,
+    return [_part(ev, "against-robust-features", f"clean acc. (D_det) - {ev.chance_text}", [("det", "clean")],
+                  lambda m: m[0] - ev.chance, "above", 0.05,
                   "only robust features were learned: they say y where D_det's label is y+1, so accuracy on the true "
                   "labels would fall below chance", **kw)]
 
@@ -498,7 +521,7 @@ def evidence_from_outcomes(outcomes: Outcomes, eps: tuple) -> Evidence:
     nt = [r["transfer_rate"] for r in outcomes.stages.get("fig3-nt", {}).values() if r.get("transfer_rate") is not None]
     nakkiran = (float(np.mean(nt)), float(correct[("det-nt", "clean")].mean())) \
         if nt and ("det-nt", "clean") in correct else None
-    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3), nakkiran)
+    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3), nakkiran, outcomes.num_classes)
 
 
 def figure3_means(fig3: dict) -> dict:

@@ -320,8 +320,10 @@ def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, judge the claims, report")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="smoke (CI, minutes), cpu (the claims on a laptop, < 30 min), fast (one GPU), paper (the "
-                        "paper's ResNet-50 settings) (default: cpu without a GPU, fast with one)")
-    p.add_argument("--data", help="CIFAR-10 in any supported form")
+                        "paper's ResNet-50 settings), restricted-imagenet (the paper's second dataset: an ImageNet "
+                        "folder, GPUs) (default: cpu without a GPU, fast with one)")
+    p.add_argument("--data", help="CIFAR-10 in any supported form (restricted-imagenet: an ImageNet folder of "
+                                  "train/ and val/ wnid folders)")
     p.add_argument("--out", required=True, help="the reproduction folder (a rerun reuses finished stages)")
     p.add_argument("--gpus", type=int, default=1, help="synthesis workers, one per GPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

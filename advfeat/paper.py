@@ -65,5 +65,15 @@ FIGURE3_SOURCE = Reference(0.0, "Figure 3 pixels (about +-0.3 points); the sourc
                            "V-px")
 
 
+# Restricted ImageNet (ImageNet_R), Table 1's other column (paper-notes 1.4): test accuracy on
+# D of a standard ResNet-50 trained on D, D_rand and D_det. Its Figure 2b counterpart (D_R, D_NR,
+# robust accuracy; Appendix D.8) could not be retrieved.
+PAPER_RESTRICTED_IMAGENET: dict[tuple[str, str], Reference] = {
+    ("standard", "clean"): Reference(0.966, "Table 1 (ImageNet_R column, D row)", "V"),
+    ("rand", "clean"): Reference(0.879, "Table 1 (ImageNet_R column)", "V"),
+    ("det", "clean"): Reference(0.644, "Table 1 (ImageNet_R column)", "V"),
+}
+
+
 def paper(key: str, metric: str) -> Reference | None:
     return PAPER.get((key, metric))
