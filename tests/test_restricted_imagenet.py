@@ -131,3 +131,14 @@ def test_outcomes_take_the_class_count_from_the_evaluations():
     assert Outcomes({"standard": {0: ev | {"num_classes": 9}}}, {}).chance == pytest.approx(1 / 9)
     with pytest.raises(ValueError, match="different class counts"):
         num_classes_of({"standard": {0: ev | {"num_classes": 9}}, "r": {0: ev}})
+
+
+def test_rates_are_timed_at_each_architecture_s_own_size(monkeypatch):
+    import advfeat.throughput as throughput
+
+    sides = []
+    real = throughput._random_batch
+    monkeypatch.setattr(throughput, "_random_batch", lambda b, d, side=32: sides.append(side) or real(2, d, 8))
+    throughput.measure_attack_rate("tiny", 2, torch.device("cpu"), steps=1)
+    throughput.measure_attack_rate("resnet18_imagenet", 2, torch.device("cpu"), steps=1)
+    assert sides == [32, 224]

@@ -20,11 +20,13 @@ from advfeat.models.classifier import Classifier
 @dataclass(frozen=True)
 class InputSizes:
     """The (H, W) an architecture runs on: exactly `fixed` if given, else at least `minimum`
-    on each side; `why` says what sets the limit, for the error message."""
+    on each side; `why` says what sets the limit, for the error message. `native`: the side
+    it was designed for (throughput.py times it there)."""
 
     minimum: int = 1
     fixed: tuple[int, int] | None = None
     why: str = ""
+    native: int = 32
 
     def accepts(self, height: int, width: int) -> bool:
         if self.fixed is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from advfeat.models.registry import register_model
+from advfeat.models.registry import InputSizes, register_model
 from advfeat.models.classifier import Classifier, PreActivationTrunk
 
 
@@ -87,6 +87,9 @@ RESTRICTED_IMAGENET_MEAN = (0.4717, 0.4499, 0.3837)
 RESTRICTED_IMAGENET_STD = (0.2600, 0.2516, 0.2575)
 
 
+IMAGENET_SIZE = InputSizes(native=224)  # runs on any size; designed for 224x224
+
+
 def imagenet_resnet(block, depths: list[int], num_classes: int) -> Classifier:
     """torchvision's ImageNet ResNet, which the robustness library's imagenet_models/resnet.py
     copies: a 7x7 stride-2 stem and a 3x3 stride-2 max-pool (224 -> 56), then the stages
@@ -105,12 +108,12 @@ def imagenet_resnet(block, depths: list[int], num_classes: int) -> Classifier:
                       mean=RESTRICTED_IMAGENET_MEAN, std=RESTRICTED_IMAGENET_STD)
 
 
-@register_model("resnet18_imagenet")
+@register_model("resnet18_imagenet", IMAGENET_SIZE)
 def resnet18_imagenet(num_classes: int = 1000) -> Classifier:
     return imagenet_resnet(BasicBlock, [2, 2, 2, 2], num_classes)
 
 
-@register_model("resnet50_imagenet")
+@register_model("resnet50_imagenet", IMAGENET_SIZE)
 def resnet50_imagenet(num_classes: int = 1000) -> Classifier:
     """The paper's Restricted ImageNet model (paper-notes 1.4): ResNet-50 at 224x224."""
     return imagenet_resnet(Bottleneck, [3, 4, 6, 3], num_classes)
