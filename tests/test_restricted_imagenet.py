@@ -99,6 +99,7 @@ def test_one_stage_runs_on_the_tiny_folder(imagenet, tmp_path):
     model, card = load_model(pipeline.folder("train-standard@0") / "model")
     assert card["arch"] == "resnet50_imagenet" and card["num_classes"] == 9 and card["input_size"] == [3, 8, 8]
     assert card["data"]["format"] == "restricted-imagenet" and card["epochs_done"] == 2
+    assert model.head.out_features == 9 and model.mean.flatten().tolist() == pytest.approx([0.4717, 0.4499, 0.3837])
 
 
 # --------------------------------------------------------------------------- chance from the data
@@ -134,7 +135,7 @@ def test_outcomes_take_the_class_count_from_the_evaluations():
 
 
 def test_rates_are_timed_at_each_architecture_s_own_size(monkeypatch):
-    import advfeat.throughput as throughput
+    from advfeat import throughput
 
     sides = []
     real = throughput._random_batch

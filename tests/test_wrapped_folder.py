@@ -104,7 +104,7 @@ def test_robustbench_model_is_saved_and_loaded(robustbench_zoo, tmp_path, monkey
     weights = tmp_path / "cifar10" / "Linf" / "Standard.pt"
     weights.parent.mkdir(parents=True)
     torch.save({"state_dict": net.state_dict()}, weights)
-    code, out, err = run_cli("import", "robustbench", "Standard", "--model-dir", str(tmp_path), "--out",
+    code, _, err = run_cli("import", "robustbench", "Standard", "--model-dir", str(tmp_path), "--out",
                              str(tmp_path / "m"))
     assert code == 0, err
     model, card = load_model(tmp_path / "m")
