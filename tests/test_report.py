@@ -270,3 +270,32 @@ def test_a_cifar_report_is_unchanged_byte_for_byte():
     text, report = whole_report(made_up_results(CIFAR_PRESET | {"paper_eps": 0.25}))
     before_preset = text.index("## Preset")  # the preset section prints the new field, all else is the same
     assert text[:before_preset] == stored_md[:before_preset] and report == stored | {"preset": report["preset"]}
+
+
+@pytest.mark.parametrize("data_format", ["restricted-imagenet", None])
+def test_a_nine_class_report_at_eps_3_quotes_no_cifar_number(data_format, tmp_path):
+    """Restricted ImageNet's shape (9 classes, paper_eps 3): claims, rules, tables and Figure 2b at
+    eps 3, chance 1/9, Table 1's numbers for Restricted ImageNet's reader and no reference for data
+    the paper has none for; never CIFAR-10's."""
+    from advfeat.report.collect import collect
+    from advfeat.report.figures import draw_bars
+
+    preset = CIFAR_PRESET | {"name": "nine", "eps": [3.0], "paper_eps": 3.0, "claim_eps": 3.0,
+                             "data_format": data_format}
+    results = made_up_results(preset, num_classes=9)
+    text, report = whole_report(results)
+    assert "| claim | the paper (reference, its setting) | eps 3 (the paper's) |\n" in text
+    assert "clean acc. (D_det) - chance (11.1%)" in text and "chance (10%)" not in text
+    assert "Checking the main attack at eps 3 on" in text and "| paper: robust eps=3 |" in text
+    assert "| robust eps=3 | accuracy on y+1 (D.6) |" in text  # the Distill models' table
+    assert report["claims"][0]["verdicts"].keys() == {"3"} and "strong@3" in report["rows"][0]
+    for cifar_number in ("82.3%", "48.3%", "4.5%", "56%", "63.3%", "43.7%", "eps 0.25", "VGG-16", "Goh (response 2",
+                         "Nakkiran (response 5", "Nakkiran, Distill"):
+        assert cifar_number not in text
+    rin = data_format == "restricted-imagenet"
+    assert ("## Accuracy on the real Restricted ImageNet test set" in text) == rin
+    assert ("trained on D_rand: 87.9% on the real test set" in text) == rin
+    assert [r["paper_clean"]["value"] if r["paper_clean"] else None for r in report["rows"]] == \
+        ([0.966, None, None, None, 0.879, 0.644] if rin else [None] * 6)
+    draw_bars(collect(results).rows, tmp_path / "bars.png", 3.0, 3.0)
+    assert (tmp_path / "bars.png").stat().st_size > 0
