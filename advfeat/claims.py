@@ -180,6 +180,7 @@ def local_evidence(dataset: str | None, claims: tuple[Claim, ...]) -> tuple[Clai
 
 
 def _clean_evidence(claim_id: str, dataset: str | None) -> str:
+    """A claim's evidence on non-CIFAR data: the paper's clean accuracy of its model there, or NO_REFERENCE."""
     key = CLEAN_EVIDENCE.get(claim_id)
     ref = paper(key, "clean", dataset) if key else None
     if ref is None:
