@@ -71,9 +71,22 @@ def build_from_state(card: dict, state: dict[str, torch.Tensor], where: Path) ->
     return model
 
 
+def check_data_fits(card: dict, image_shape: tuple[int, ...]) -> None:
+    """One-line UserError when a loaded model cannot take the data's images (C, H, W):
+    registry architectures by their declared sizes, others by the input size on their card."""
+    from advfeat.models.registry import check_input_size, model_names
+
+    if card.get("arch") in model_names():
+        check_input_size(card["arch"], image_shape)
+    elif card.get("input_size") and list(card["input_size"]) != list(image_shape):
+        raise UserError(f"the model {card.get('arch')} takes images of shape {tuple(card['input_size'])}; "
+                        f"the data's are {tuple(image_shape)}")
+
+
 def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """(model in eval mode on `device`, card) from a model folder, or from a robustness-library
-    checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py)."""
+    checkpoint file (imported in memory, its architecture told by its keys: robustness_import.py).
+    A folder of a wrapped module (wrapped_folder.py) gives a WrappedClassifier."""
     folder = Path(folder)
     if folder.is_file():
         from advfeat.models.robustness_import import load_robustness
@@ -88,4 +101,8 @@ def load_model(folder: Path | str, device: str | torch.device = "cpu") -> tuple[
     if "card" not in metadata:
         raise UserError(f"{folder / WEIGHTS} has no embedded card; not an advfeat checkpoint")
     card = metadata["card"]
+    if card.get("source") == "wrapped":  # a wrapped nn.Module, rebuilt from its card's recipe
+        from advfeat.models.wrapped_folder import load_wrapped
+
+        return load_wrapped(card, state, folder).to(device).eval(), card
     return build_from_state(card, state, folder).to(device).eval(), card

@@ -16,13 +16,29 @@ from typing import Callable
 
 import numpy as np
 
+from advfeat.paper import CIFAR10, NO_REFERENCE, paper
 from advfeat.stats import (BOOT_SEED, FAILS, HOLDS, INCONCLUSIVE, N_BOOT, Interval, bootstrap_p, combine,
                            correlation_interval, holm, leave_one_out, mean_interval, ols_slope, p_from_t_interval,
                            paired_difference_interval, percentile_interval, prediction_interval, shift,
                            spearman_exact_test,
                            two_level_replicates, verdict, wilson_interval)
 
-CHANCE = 0.10  # ten classes
+# Chance is 1 / the number of classes, taken from the data: each evaluation records the
+# model's num_classes (reproduce/stages.py); results from before that record are CIFAR-10's.
+DEFAULT_CLASSES = 10
+
+
+def num_classes_of(evals: dict[str, dict[int, dict]]) -> int:
+    """The class count the evaluations record (one value for all of them), else DEFAULT_CLASSES."""
+    counts = {ev.get("num_classes", DEFAULT_CLASSES) for by_seed in evals.values() for ev in by_seed.values()}
+    if len(counts) != 1:
+        raise ValueError(f"evaluations of different class counts {sorted(counts)} cannot be judged together")
+    return counts.pop()
+
+
+def chance_text(num_classes: int) -> str:
+    """Chance in words: "chance (10%)" for CIFAR-10's ten classes."""
+    return f"chance ({100 / num_classes:.3g}%)"
 
 
 class Outcomes:
@@ -31,6 +47,8 @@ class Outcomes:
     def __init__(self, evals: dict[str, dict[int, dict]], fig3: dict[int, dict], stages: dict | None = None):
         self.evals, self.fig3, self.stages = evals, fig3, stages or {}
         self.seeds = sorted(next(iter(evals.values())))
+        self.num_classes = num_classes_of(evals)
+        self.chance = 1 / self.num_classes
 
     def _row(self, model: str, seed: int, eps: float) -> dict:
         return next(r for r in self.evals[model][seed]["main"]["robust"] if abs(r["eps"] - eps) < 1e-9)
@@ -61,9 +79,9 @@ class Outcomes:
 
     def above_chance(self, model: str, metric: str = "clean") -> Interval:
         if len(self.seeds) >= 2:
-            return shift(mean_interval([self.value(model, metric, s) for s in self.seeds]), CHANCE)
+            return shift(mean_interval([self.value(model, metric, s) for s in self.seeds]), self.chance)
         outcome = self.per_image(model, metric, self.seeds[0])
-        return shift(wilson_interval(int(outcome.sum()), len(outcome)), CHANCE)
+        return shift(wilson_interval(int(outcome.sum()), len(outcome)), self.chance)
 
     def stage_value_above_chance(self, stage: str, key: str) -> Interval | None:
         """A per-seed accuracy that a stage result holds (a probe's), minus chance."""
@@ -72,9 +90,9 @@ class Outcomes:
         if not values:
             return None
         if len(values) >= 2:
-            return shift(mean_interval(values), CHANCE)
+            return shift(mean_interval(values), self.chance)
         n = self.evals["standard"][self.seeds[0]]["n"]
-        return shift(wilson_interval(round(values[0] * n), n), CHANCE)
+        return shift(wilson_interval(round(values[0] * n), n), self.chance)
 
     def transfer_correlation(self) -> Interval | None:
         points = [(p["transfer_rate"], p["det_accuracy"]) for s in self.seeds for p in self.fig3[s]["points"]
@@ -107,12 +125,14 @@ class Claim:
     parts: tuple[Part, ...]
 
 
-def claims_at(eps: float) -> tuple[Claim, ...]:
-    """The claims, judging robustness at `eps`: the paper's 0.25, where its standard ResNet-50
-    keeps 4.5%; a preset on a smoother small net may judge at a larger eps (Preset.claim_eps)."""
+def claims_at(eps: float, dataset: str | None = CIFAR10, num_classes: int = DEFAULT_CLASSES) -> tuple[Claim, ...]:
+    """The claims, judging robustness at `eps`: the paper's (CIFAR-10's 0.25, where its standard
+    ResNet-50 keeps 4.5%), or a preset's own (Preset.claim_eps). The paper's evidence is quoted
+    for `dataset` (local_evidence); chance is 1 / num_classes."""
     r = f"robust@{eps:g}"
     at = f"eps {eps:g}"
-    return (
+    chance = chance_text(num_classes)
+    return local_evidence(dataset, (
         Claim("adversarial-training", "Standard training is not robust; adversarial training is",
               "robust accuracy at eps 0.25: 4.5% standard vs 82.3% adversarially trained (ResNet-50; Figure 2b, "
               "'Table 7')",
@@ -127,48 +147,74 @@ def claims_at(eps: float) -> tuple[Claim, ...]:
                     lambda o: o.difference(("r", r), ("standard", r))))),
         Claim("non-robust-features-accuracy", "Non-robust features alone give accuracy, not robustness (D_NR)",
               "trained on D_NR: 87.7% clean, 0.8% robust at eps 0.25 (ResNet-50; Figure 2b)",
-              (Part("clean acc. (D_NR) - chance (10%)", "above", 0.05, lambda o: o.above_chance("nr")),
+              (Part(f"clean acc. (D_NR) - {chance}", "above", 0.05, lambda o: o.above_chance("nr")),
                Part(f"robust acc. (D_NR) - robust acc. (standard on D), {at}", "below", 0.05,
                     lambda o: o.difference(("nr", r), ("standard", r))))),
         Claim("non-robust-features-suffice", "Non-robust features suffice for generalization (D_rand)",
               "trained on D_rand: 63.3% on the real test set (ResNet-50; Table 1)",
-              (Part("clean acc. (D_rand) - chance (10%)", "above", 0.05, lambda o: o.above_chance("rand")),)),
+              (Part(f"clean acc. (D_rand) - {chance}", "above", 0.05, lambda o: o.above_chance("rand")),)),
         Claim("against-robust-features", "... even when robust features point the other way (D_det)",
               "trained on D_det: 43.7% on the real test set (ResNet-50; Table 1)",
-              (Part("clean acc. (D_det) - chance (10%)", "above", 0.05, lambda o: o.above_chance("det")),)),
+              (Part(f"clean acc. (D_det) - {chance}", "above", 0.05, lambda o: o.above_chance("det")),)),
         Claim("transfer-tracks-learnability", "Transferability tracks learnability (Figure 3)",
               "five architectures from VGG-16 (27.9% on D_det, 65.7% transfer) to ResNet-50 (44.7%, 98.8%) on a "
               "rising trend line (Figure 3, read from pixels)",
               (Part("correlation of transfer rate and accuracy trained on D_det, over (architecture, seed) points",
                     "above", 0.0, lambda o: o.transfer_correlation()),)),
-    )
+    ))
+
+
+# Claims whose evidence text quotes no CIFAR-10 number (so it holds on any data).
+NO_CIFAR_NUMBER = {"dr-from-noise"}
+# Claims whose evidence on other data is one model's clean accuracy: claim id -> the model key.
+CLEAN_EVIDENCE = {"non-robust-features-suffice": "rand", "against-robust-features": "det"}
+
+
+def local_evidence(dataset: str | None, claims: tuple[Claim, ...]) -> tuple[Claim, ...]:
+    """The claims with the paper's evidence on `dataset`: the CIFAR-10 texts as written for
+    CIFAR-10; elsewhere the dataset's own number where advfeat.paper has one (Restricted ImageNet's
+    Table 1), else NO_REFERENCE, so that a CIFAR-10 number never passes for another dataset's."""
+    if dataset == CIFAR10:
+        return claims
+    return tuple(c if c.id in NO_CIFAR_NUMBER else replace(c, paper=_clean_evidence(c.id, dataset)) for c in claims)
+
+
+def _clean_evidence(claim_id: str, dataset: str | None) -> str:
+    """A claim's evidence on non-CIFAR data: the paper's clean accuracy of its model there, or NO_REFERENCE."""
+    key = CLEAN_EVIDENCE.get(claim_id)
+    ref = paper(key, "clean", dataset) if key else None
+    if ref is None:
+        return NO_REFERENCE
+    return f"trained on D_{key}: {100 * ref.value:.1f}% on the real test set (ResNet-50, {dataset}; {ref.source})"
 
 
 CLAIMS = claims_at(0.25)
 
 
-def distill_claims_at(eps: float) -> tuple[Claim, ...]:
-    """The Distill discussion's experiments (--extra distill) judged on the evaluations and probe
-    stages, by the same rule (`eps` kept for the callers; no part reads robust accuracy now).
-    D_R from noise is judged with the main claims (dr_from_noise_rules)."""
-    return (
+def distill_claims_at(eps: float, dataset: str | None = CIFAR10,
+                      num_classes: int = DEFAULT_CLASSES) -> tuple[Claim, ...]:
+    """The Distill discussion's experiments (--extra distill), judged by the same rule; their
+    evidence (CIFAR-10's) and chance as in claims_at (`eps` kept for the callers; no part reads
+    robust accuracy now). D_R from noise is judged with the main claims (dr_from_noise_rules)."""
+    chance = chance_text(num_classes)
+    return local_evidence(dataset, (
         Claim("goh-leakage", "D_det controls for robust-feature leakage (Goh; the authors' reply)",
               "Goh (response 2): a linear classifier on a robust linear model's features gets 6.81% trained on D_det "
               "and 23.5% on D_rand (out of 44% / 88%)",
-              (Part("probe on the robust network's features, trained on D_det: test acc. - chance (10%)", "below",
+              (Part(f"probe on the robust network's features, trained on D_det: test acc. - {chance}", "below",
                     0.05, lambda o: o.stage_value_above_chance("leakage", "det")),
-               Part("probe on a robust linear model's features (Goh's), trained on D_det: test acc. - chance (10%)",
+               Part(f"probe on a robust linear model's features (Goh's), trained on D_det: test acc. - {chance}",
                     "below", 0.05, lambda o: o.stage_value_above_chance("leakage", "linear-det")))),
         Claim("nakkiran-bugs", "Non-transferable adversarial examples teach almost nothing (Nakkiran)",
               "Nakkiran (response 5, ResNet-18, L2): trained on his non-transferable D_det, 2.8% on the true labels "
               "(70.8% on y+1), against 33.2% for PGD's D_det",
-              (Part("clean acc. (non-transferable D_det) - chance (10%)", "below", 0.05,
+              (Part(f"clean acc. (non-transferable D_det) - {chance}", "below", 0.05,
                     lambda o: o.above_chance("det-nt")),)),
         Claim("linf-datasets", "L-inf D_rand and D_det also generalize (the replications the authors cite)",
               "Nakkiran (response 5, ResNet-18, L-inf eps 8/255): PGD D_det gives 23.7% on the true labels",
-              (Part("clean acc. (L-inf D_rand) - chance (10%)", "above", 0.05, lambda o: o.above_chance("rand-linf")),
-               Part("clean acc. (L-inf D_det) - chance (10%)", "above", 0.05, lambda o: o.above_chance("det-linf")))),
-    )
+              (Part(f"clean acc. (L-inf D_rand) - {chance}", "above", 0.05, lambda o: o.above_chance("rand-linf")),
+               Part(f"clean acc. (L-inf D_det) - {chance}", "above", 0.05, lambda o: o.above_chance("det-linf")))),
+    ))
 
 
 # D_R from noise is judged once, by issue 19's rules (dr_from_noise_rules, in the main claims'
@@ -231,8 +277,20 @@ def judge(outcomes: Outcomes, eps: float = 0.25, claims: tuple[Claim, ...] | Non
 NOT_JUDGED_DISTILL = "not judged (needs --extra distill)"
 NOT_JUDGED = "not judged"
 SHOWN = "shown (not judged)"
-PAPER_DR_SHARE = (0.4827 - 0.0449) / (0.823 - 0.0449)  # (48.3 - 4.5) / (82.3 - 4.5) = 56%, advfeat.paper
 PROBES = {"rand": "the robust network's features", "linear-rand": "a robust linear model's features (Goh's)"}
+
+
+def paper_dr_share(dataset: str | None, eps: float) -> float | None:
+    """The paper's D_R share of adversarial training's robustness gain at its eps on `dataset`
+    (CIFAR-10: (48.3 - 4.5) / (82.3 - 4.5) = 56%); None where it lacks one of the three numbers."""
+    refs = [paper(key, f"robust@{eps:g}", dataset) for key in ("r", "standard", "robust")]
+    if None in refs:
+        return None
+    r, standard, robust = (ref.value for ref in refs)
+    return (r - standard) / (robust - standard)
+
+
+PAPER_DR_SHARE = paper_dr_share(CIFAR10, 0.25)
 
 
 @dataclass(frozen=True)
@@ -270,11 +328,21 @@ class Evidence:
         per seed [S] or per image [S, N]; None when the Distill `leakage` stage did not run.
     fig3: architecture -> (mean transfer success rate, mean accuracy trained on D_det) over seeds.
     nakkiran: (mean transfer rate, mean accuracy trained on) Nakkiran's non-transferable D_det, or None.
+    num_classes: the data's class count; chance is its inverse.
     """
     correct: dict
     leakage: dict | None = None
     fig3: dict | None = None
     nakkiran: tuple | None = None
+    num_classes: int = DEFAULT_CLASSES
+
+    @property
+    def chance(self) -> float:
+        return 1 / self.num_classes
+
+    @property
+    def chance_text(self) -> str:
+        return chance_text(self.num_classes)
 
     def has(self, *keys) -> bool:
         return all(k in self.correct for k in keys)
@@ -329,8 +397,10 @@ def adversarial_training_precondition(ev: Evidence, eps: float, **kw) -> list[Ju
     return [replace(j, counted=False, note="a precondition, not a claim of the paper")]
 
 
-def robust_features_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
-    """D_R: more robust than D_NR and than standard training; its share of adversarial training's gain."""
+def robust_features_rules(ev: Evidence, eps: float, share_reference: tuple = (PAPER_DR_SHARE, 0.25),
+                          **kw) -> list[Judged]:
+    """D_R: more robust than D_NR and than standard training; its share of adversarial training's
+    gain, shown beside share_reference: (the paper's share or None, the eps it was measured at)."""
     r = _r(eps)
     return [
         _part(ev, "robust-features", f"robust acc. (D_R) - robust acc. (D_NR), eps {eps:g}", [("r", r), ("nr", r)],
@@ -339,28 +409,33 @@ def robust_features_rules(ev: Evidence, eps: float, **kw) -> list[Judged]:
         _part(ev, "robust-features", f"robust acc. (D_R) - robust acc. (standard on D), eps {eps:g}",
               [("r", r), ("standard", r)], lambda m: m[0] - m[1], "above", 0.05,
               "D_R is merely as robust as ordinary training (then D_R - standard <= 0)", eps, **kw),
-        dr_share(ev, eps, **kw)]
+        dr_share(ev, eps, *share_reference, **kw)]
 
 
-def dr_share(ev: Evidence, eps: float, **kw) -> Judged:
-    """(D_R - standard) / (adversarial - standard) robust accuracy, beside the paper's 56%; shown."""
+def dr_share(ev: Evidence, eps: float, reference: float | None = PAPER_DR_SHARE, reference_eps: float = 0.25,
+             **kw) -> Judged:
+    """(D_R - standard) / (adversarial - standard) robust accuracy, beside the paper's share at its
+    eps (CIFAR-10: 56% at 0.25) where it has one; shown."""
     r = _r(eps)
+    beside = (f"shown beside the paper's {100 * reference:.0f}% (ResNet-50, eps {reference_eps:g}); no rule"
+              if reference is not None else "shown; the paper gives no share on this data; no rule")
     with np.errstate(divide="ignore", invalid="ignore"):  # a draw where adversarial training gains nothing
         j = _part(ev, "robust-features", f"D_R's share of adversarial training's robustness gain, eps {eps:g}",
                   [("r", r), ("standard", r), ("robust", r)], lambda m: (m[0] - m[1]) / (m[2] - m[1]), "above", 0.0,
-                  "shown beside the paper's 56% (ResNet-50, eps 0.25); no rule", eps, **kw)
+                  beside, eps, **kw)
     finite = lambda i: i is not None and np.isfinite([i.estimate, i.low, i.high]).all()  # noqa: E731
     if not finite(j.interval):
         j = replace(j, interval=None, note="undefined: adversarial training's robustness gain is 0 in some draws")
     j = replace(j, t_interval=j.t_interval if finite(j.t_interval) else None)
-    return replace(j, verdict=SHOWN, counted=False, p=None, reference=PAPER_DR_SHARE)
+    return replace(j, verdict=SHOWN, counted=False, p=None, reference=reference)
 
 
 def half_gain_rule(ev: Evidence, **kw) -> Judged:
     """D_NR keeps at least half of standard training's gain over chance."""
     return _part(ev, "non-robust-features-accuracy",
                  "clean acc. (D_NR) - chance - half of (clean acc. (standard) - chance)",
-                 [("nr", "clean"), ("standard", "clean")], lambda m: m[0] - CHANCE - (m[1] - CHANCE) / 2, "above", 0.0,
+                 [("nr", "clean"), ("standard", "clean")], lambda m: m[0] - ev.chance - (m[1] - ev.chance) / 2,
+                 "above", 0.0,
                  "D_NR teaches little: its accuracy is a remnant of what survived inversion", **kw)
 
 
@@ -374,8 +449,8 @@ def less_robust_than_standard(ev: Evidence, eps: float, **kw) -> Judged:
 
 def d_rand_rules(ev: Evidence, **kw) -> list[Judged]:
     """D_rand: above chance, and above what a probe on robust features learns from D_rand."""
-    parts = [_part(ev, "non-robust-features-suffice", "clean acc. (D_rand) - chance (10%)", [("rand", "clean")],
-                   lambda m: m[0] - CHANCE, "above", 0.05, "D_rand's mislabeled images teach nothing", **kw)]
+    parts = [_part(ev, "non-robust-features-suffice", f"clean acc. (D_rand) - {ev.chance_text}", [("rand", "clean")],
+                   lambda m: m[0] - ev.chance, "above", 0.05, "D_rand's mislabeled images teach nothing", **kw)]
     for probe, features in PROBES.items():
         part = f"clean acc. (D_rand) - acc. of a linear probe on {features} trained on D_rand"
         rival = "robust features leaking into D_rand explain its accuracy (a probe on them learns as much)"
@@ -388,8 +463,8 @@ def d_rand_rules(ev: Evidence, **kw) -> list[Judged]:
 
 
 def d_det_rules(ev: Evidence, **kw) -> list[Judged]:
-    return [_part(ev, "against-robust-features", "clean acc. (D_det) - chance (10%)", [("det", "clean")],
-                  lambda m: m[0] - CHANCE, "above", 0.05,
+    return [_part(ev, "against-robust-features", f"clean acc. (D_det) - {ev.chance_text}", [("det", "clean")],
+                  lambda m: m[0] - ev.chance, "above", 0.05,
                   "only robust features were learned: they say y where D_det's label is y+1, so accuracy on the true "
                   "labels would fall below chance", **kw)]
 
@@ -460,23 +535,27 @@ def nakkiran_against_trend(fig3: dict, point: tuple[float, float]) -> Judged:
 
 
 def judge_parts(evidence: Evidence, eps: tuple = (0.25,), preset_note: str = "", n_boot: int = N_BOOT,
-                seed: int = BOOT_SEED) -> list[Judged]:
+                seed: int = BOOT_SEED, paper_eps: float = 0.25, dataset: str | None = CIFAR10) -> list[Judged]:
     """Every rule on plain inputs. Robustness parts are judged at each eps in `eps`: the paper's
-    0.25 first (the primary column); any other is the preset's own, marked with preset_note
-    (the deviation and its reason). Parts that need --extra distill (the leakage probes, D_R from
-    noise) are "not judged" when it did not run. Returned in the paper's claim order, then the
-    Distill discussion's; each claim's parts together, at each eps in turn."""
+    paper_eps first (the primary column; CIFAR-10's 0.25); any other is the preset's own, marked
+    with preset_note (the deviation and its reason). The paper's numbers shown beside are those
+    of `dataset` (advfeat.paper.paper_dataset), none where it has none. Parts that need --extra
+    distill (the leakage probes, D_R from noise) are "not judged" when it did not run. Returned in
+    the paper's claim order, then the Distill discussion's; each claim's parts together, at each
+    eps in turn."""
     kw = {"n_boot": n_boot, "seed": seed}
+    share = (paper_dr_share(dataset, paper_eps), paper_eps)
 
     def at_each_eps(rules: Callable) -> list[Judged]:
         out = []
         for e in eps:
-            note = "" if e == 0.25 else f"deviation: the preset's eps. {preset_note}".strip()
+            note = "" if e == paper_eps else f"deviation: the preset's eps. {preset_note}".strip()
             out += [replace(j, note=f"{j.note}; {note}".strip("; ")) if note else j for j in rules(evidence, e, **kw)]
         return out
 
     # In the paper's order, then the Distill discussion's; each claim's parts at each eps together.
-    parts = (at_each_eps(adversarial_training_precondition) + at_each_eps(robust_features_rules)
+    parts = (at_each_eps(adversarial_training_precondition)
+             + at_each_eps(lambda ev, e, **k: robust_features_rules(ev, e, share, **k))
              + [half_gain_rule(evidence, **kw)]
              + at_each_eps(lambda ev, e, **k: [less_robust_than_standard(ev, e, **k)])
              + d_rand_rules(evidence, **kw) + d_det_rules(evidence, **kw) + figure3_rules(evidence.fig3)
@@ -527,7 +606,7 @@ def evidence_from_outcomes(outcomes: Outcomes, eps: tuple) -> Evidence:
     nt = [r["transfer_rate"] for r in outcomes.stages.get("fig3-nt", {}).values() if r.get("transfer_rate") is not None]
     nakkiran = (float(np.mean(nt)), float(correct[("det-nt", "clean")].mean())) \
         if nt and ("det-nt", "clean") in correct else None
-    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3), nakkiran)
+    return Evidence(correct, leakage or None, figure3_means(outcomes.fig3), nakkiran, outcomes.num_classes)
 
 
 def figure3_means(fig3: dict) -> dict:

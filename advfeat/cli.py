@@ -132,7 +132,7 @@ def _add_train(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from advfeat.checkpoint import load_model
+    from advfeat.checkpoint import check_data_fits, load_model
     from advfeat.evaluation import accuracy_report, predict_tensor, robust_accuracy, split_tensors
     from advfeat.io import write_json
     from advfeat.data import load_dataset
@@ -153,6 +153,7 @@ def _eval(args: argparse.Namespace) -> None:
     model, card = load_model(args.model, device)
     data = args.data or card.get("data", {}).get("path")
     dataset = load_dataset(data, name=args.name, test_subset=args.test_subset, seed=args.seed, verbose=not args.quiet)
+    check_data_fits(card, dataset.test.images.shape[1:])
     x, y = split_tensors(dataset.test, device)
     result = {"model": str(args.model), "arch": card["arch"], "robust_training": card.get("robust"),
               "data": dataset.source, "device": device_name(device),
@@ -385,8 +386,10 @@ def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the whole paper: train, synthesize, evaluate, judge the claims, report")
     p.add_argument("--preset", choices=list(PRESETS),
                    help="smoke (CI, minutes), cpu (the claims on a laptop, < 30 min), fast (one GPU), paper (the "
-                        "paper's ResNet-50 settings) (default: cpu without a GPU, fast with one)")
-    p.add_argument("--data", help="CIFAR-10 in any supported form")
+                        "paper's ResNet-50 settings), restricted-imagenet (the paper's second dataset: an ImageNet "
+                        "folder, GPUs) (default: cpu without a GPU, fast with one)")
+    p.add_argument("--data", help="CIFAR-10 in any supported form (restricted-imagenet: an ImageNet folder of "
+                                  "train/ and val/ wnid folders)")
     p.add_argument("--out", required=True, help="the reproduction folder (a rerun reuses finished stages)")
     p.add_argument("--gpus", type=int, default=1, help="synthesis workers, one per GPU")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -462,6 +465,8 @@ def _add_theory(sub) -> None:
 def _import(args: argparse.Namespace) -> None:
     from advfeat.models.robustness_import import import_robustness
 
+    if args.source == "robustbench":
+        return _import_robustbench(args)
     card = import_robustness(args.file, args.arch, args.out, eps=args.eps, norm=args.norm, force=args.force)
     source, norm = card["source_file"], card["normalization"]
     mean, std = ([round(v, 4) for v in norm[k]] for k in ("mean", "std"))
@@ -470,17 +475,34 @@ def _import(args: argparse.Namespace) -> None:
           f"{'' if norm['matches_cifar10'] else ' (not CIFAR-10’s: the model uses it)'} -> {args.out}")
 
 
+def _import_robustbench(args: argparse.Namespace) -> None:
+    from advfeat.models import robustbench_model, save_wrapped
+
+    if args.arch or args.eps is not None:
+        raise UserError("--arch and --eps are for robustness-library files; a RobustBench model is named by NAME")
+    model = robustbench_model(args.file, args.model_dir, args.dataset, args.threat_model, args.weights)
+    card = save_wrapped(args.out, model, force=args.force)
+    print(f"saved RobustBench's {args.file} ({card['num_classes']} classes, weights sha256 "
+          f"{card['origin']['weights_sha256'][:16]}...) -> {args.out}")
+
+
 def _add_import(sub) -> None:
     from advfeat.models.robustness_import import IMPORTABLE
 
     p = sub.add_parser("import", help="turn another library's checkpoint into an advfeat model folder")
-    p.add_argument("source", choices=["robustness"], help="the library that wrote FILE (robustness: MadryLab's, "
-                                                         "the paper's code)")
-    p.add_argument("file", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running code from it)")
+    p.add_argument("source", choices=["robustness", "robustbench"],
+                   help="the library that wrote FILE (robustness: MadryLab's, the paper's code), or robustbench: "
+                        "a RobustBench model by NAME, its weights already on disk")
+    p.add_argument("file", metavar="FILE|NAME", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running "
+                                                      "code from it); for robustbench the model's name")
     p.add_argument("--arch", choices=IMPORTABLE, help="its architecture (default: the one its keys fit)")
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--eps", type=float, help="the radius it was adversarially trained at, for its card (0: standard)")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the norm of --eps (default: l2)")
+    p.add_argument("--model-dir", default="models", help="robustbench: its model_dir (default: models)")
+    p.add_argument("--dataset", default="cifar10", help="robustbench: cifar10, cifar100 or imagenet (default: cifar10)")
+    p.add_argument("--threat-model", default="Linf", help="robustbench: Linf, L2 or corruptions (default: Linf)")
+    p.add_argument("--weights", help="robustbench: the weights file (default: MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt)")
     p.add_argument("--force", action="store_true", help="replace a model already in --out")
     p.set_defaults(func=_import)
 

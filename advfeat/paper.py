@@ -65,5 +65,35 @@ FIGURE3_SOURCE = Reference(0.0, "Figure 3 pixels (about +-0.3 points); the sourc
                            "V-px")
 
 
-def paper(key: str, metric: str) -> Reference | None:
-    return PAPER.get((key, metric))
+# Restricted ImageNet (ImageNet_R), Table 1's other column (paper-notes 1.4): test accuracy on
+# D of a standard ResNet-50 trained on D, D_rand and D_det. Its Figure 2b counterpart (D_R, D_NR,
+# robust accuracy; Appendix D.8) could not be retrieved.
+PAPER_RESTRICTED_IMAGENET: dict[tuple[str, str], Reference] = {
+    ("standard", "clean"): Reference(0.966, "Table 1 (ImageNet_R column, D row)", "V"),
+    ("rand", "clean"): Reference(0.879, "Table 1 (ImageNet_R column)", "V"),
+    ("det", "clean"): Reference(0.644, "Table 1 (ImageNet_R column)", "V"),
+}
+
+
+CIFAR10, RESTRICTED_IMAGENET = "CIFAR-10", "Restricted ImageNet"
+RESTRICTED_IMAGENET_FORMAT = "restricted-imagenet"  # Preset.data_format of Restricted ImageNet
+# Each dataset's references, and the setting they were measured in (the report's reference column).
+REFERENCES = {CIFAR10: PAPER, RESTRICTED_IMAGENET: PAPER_RESTRICTED_IMAGENET}
+SETTINGS = {CIFAR10: PAPER_SETTING,
+            RESTRICTED_IMAGENET: "ResNet-50, Restricted ImageNet, Table 1's test accuracy (no robust accuracy: its "
+                                 "Figure 2b counterpart could not be retrieved)"}
+NO_REFERENCE = "–"  # where the paper gives no number for a preset's data
+
+
+def paper_dataset(preset: dict) -> str | None:
+    """The dataset whose paper numbers are a preset's references: Restricted ImageNet for its reader;
+    CIFAR-10 for a preset judged at CIFAR's eps 0.25 (every CIFAR preset; records from before presets
+    declared paper_eps are CIFAR's); None otherwise, so that no CIFAR number passes for another's."""
+    if preset.get("data_format") == RESTRICTED_IMAGENET_FORMAT:
+        return RESTRICTED_IMAGENET
+    return CIFAR10 if preset.get("paper_eps", 0.25) == 0.25 else None
+
+
+def paper(key: str, metric: str, dataset: str | None = CIFAR10) -> Reference | None:
+    """The paper's number for (model key, metric) on `dataset`; None where it has none."""
+    return REFERENCES.get(dataset, {}).get((key, metric))

@@ -10,7 +10,8 @@
 `advfeat doctor` (its throughput check) measures the rates and writes the rates file;
 `advfeat reproduce --dry-run` (reproduce/estimate.py) reads it, or measures the same rates
 itself in a short calibration. Rates are of random images and random-init models: speed
-does not depend on the weights.
+does not depend on the weights. Each architecture is timed at the image side it was designed
+for (registry.InputSizes.native: 32 for the CIFAR nets, 224 for the ImageNet ResNets).
 """
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ def load_rates(device: torch.device) -> dict | None:
         return None
 
 
-def _random_batch(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.rand(batch_size, 3, 32, 32, device=device), torch.randint(0, 10, (batch_size,), device=device)
+def _random_batch(batch_size: int, device: torch.device, side: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(batch_size, 3, side, side, device=device), torch.randint(0, 10, (batch_size,), device=device)
+
+
+def _native_side(arch: str) -> int:
+    """The image side `arch` was designed for (32 for CIFAR's, 224 for ImageNet's): its rate is timed there."""
+    from advfeat.models.registry import input_sizes
+
+    return input_sizes(arch).native
 
 
 def _synchronize(device: torch.device) -> None:
@@ -57,7 +65,7 @@ def measure_train_rate(arch: str, batch_size: int, device: torch.device, iterati
     torch.manual_seed(0)
     model = prepare_model(create_model(arch), device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = _random_batch(batch_size, device)
+    x, y = _random_batch(batch_size, device, _native_side(arch))
     x = prepare_input(x)
 
     def step():
@@ -84,7 +92,7 @@ def measure_attack_rate(arch: str, batch_size: int, device: torch.device, steps:
 
     torch.manual_seed(0)
     model = prepare_model(create_model(arch), device).eval()
-    x, y = _random_batch(batch_size, device)
+    x, y = _random_batch(batch_size, device, _native_side(arch))
     threat = make_threat("l2", 0.5, "none")
     pgd(model, x, y, threat=threat, steps=1, step_size=0.1, compile=False)  # warm-up
     return pgd(model, x, y, threat=threat, steps=steps, step_size=0.1, compile=False).image_steps_per_s

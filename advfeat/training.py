@@ -26,6 +26,7 @@ from advfeat.errors import UserError
 from advfeat.evaluation import clean_accuracy
 from advfeat.io import write_json
 from advfeat.models import create_model
+from advfeat.models.registry import check_input_size
 from advfeat.data import Dataset, make_loader
 from advfeat.data.tensor_loader import epoch_generator
 from advfeat.runtime import autocast, device_name, git_commit, maybe_compile, prepare_input, prepare_model
@@ -52,6 +53,7 @@ def model_card(config: TrainConfig, dataset: Dataset, model, history: list[dict]
         "arch": config.arch,
         "num_classes": model.num_classes,
         "feature_dim": model.feature_dim,
+        "input_size": list(dataset.train.images.shape[1:]),
         "robust": robust,
         "data": dataset.source,
         "config": asdict(config),
@@ -153,6 +155,7 @@ def train(config: TrainConfig, dataset: Dataset, out_dir: Path | str, *, device:
     """Train, checkpointing every epoch into out_dir; returns the model card."""
     out_dir = Path(out_dir)
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_input_size(config.arch, dataset.train.images.shape[1:])  # before anything is written
     prepare_out_dir(out_dir, resume, force)
     torch.manual_seed(config.seed)
     model = prepare_model(create_model(config.arch, dataset.num_classes), device)

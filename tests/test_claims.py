@@ -223,3 +223,19 @@ def test_the_share_is_undefined_when_adversarial_training_gains_nothing():
     share = find(parts, "robust-features", "share")
     assert share.interval is None and "undefined" in share.note and share.verdict == SHOWN
     assert find(parts, "adversarial-training", "robust acc.").verdict == FAILS
+
+
+def test_judged_at_another_papers_eps_the_first_column_is_no_deviation_and_no_cifar_share_is_shown():
+    """Restricted ImageNet's shape: paper_eps 3, where the paper gives no D_R share; CIFAR-10's 56%
+    stays the default (its references: (48.3 - 4.5) / (82.3 - 4.5))."""
+    from advfeat.paper import RESTRICTED_IMAGENET
+
+    assert PAPER_DR_SHARE == pytest.approx((0.4827 - 0.0449) / (0.823 - 0.0449))
+    at3 = {(m, metric.replace("0.25", "3")): v for (m, metric), v in correctness(TRUE).items() if "0.5" not in metric}
+    parts = judge_parts(Evidence(at3, LEAKAGE, MONOTONE_FIG3), (3.0,), "a note", n_boot=BOOT, paper_eps=3.0,
+                        dataset=RESTRICTED_IMAGENET)
+    assert not any("deviation" in j.note for j in parts)
+    share = find(parts, "robust-features", "share", eps=3.0)
+    assert share.reference is None and "56%" not in share.rival and share.verdict == SHOWN
+    cifar = find(judged(), "robust-features", "share", eps=0.5)  # at the preset's eps, beside the paper's at 0.25
+    assert cifar.reference == PAPER_DR_SHARE and "56% (ResNet-50, eps 0.25)" in cifar.rival

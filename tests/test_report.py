@@ -4,7 +4,9 @@ images are read back from a dataset's shards. Expected values are computed here 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +181,121 @@ def test_sample_images_pairs_each_synthesized_image_with_its_original_and_skips_
     assert det["synthesized"][:, 0, 0, 0] * 255 == pytest.approx(picks)
     assert det["original"][:, 0, 0, 0] * 255 == pytest.approx([20 * (9 - p) for p in picks])
     assert det["labels"].tolist() == picks and "start" not in det
+
+
+# --------------------------------------------------------------------------- whole reports at the preset's eps
+#
+# A whole report (collect -> render, report.json) from made-up stage results of every model,
+# the Distill extra included. CIFAR's is compared with tests/golden/, rendered before the
+# report learned the preset's paper_eps: CIFAR reports must not change by a byte.
+
+GOLDEN = Path(__file__).parent / "golden"
+ACCURACY = {"standard": (0.60, 0.10), "robust": (0.50, 0.43), "r": (0.45, 0.30), "nr": (0.49, 0.05),
+            "rand": (0.37, 0.02), "det": (0.33, 0.01), "det-nt": (0.12, 0.0), "rand-linf": (0.30, 0.0),
+            "det-linf": (0.25, 0.0), "r-noise": (0.35, 0.25)}  # model -> (clean, robust at the first eps)
+ARCHS = {"tiny": (0.36, 0.33), "mid": (0.38, 0.36), "mlp": (0.06, 0.06), "vgg_mini": (0.25, 0.22)}
+
+
+def made_up_eval(rng, clean: float, robust: float, eps: tuple, num_classes: int | None, n: int = 60,
+                 n_sub: int = 20) -> dict:
+    """An eval stage's result: per-image clean correctness, main PGD at each eps (robustness
+    halving per eps), the strong and CW attacks on the first n_sub images at each eps."""
+    correct = rng.random(n) < clean
+    robust_sets = [np.flatnonzero(correct & (rng.random(n) < robust / clean / 2 ** i)) for i in range(len(eps))]
+
+    def rows(keep, size):
+        return [{"eps": e, "accuracy": len(r[r < size][keep(r[r < size])]) / size,
+                 "robust_index": r[r < size][keep(r[r < size])].tolist()} for e, r in zip(eps, robust_sets)]
+
+    ev = {"n": n, "clean_accuracy": float(correct.mean()), "correct": correct.astype(int).tolist(),
+          "main": {"robust": rows(lambda r: slice(None), n), "warnings": []},
+          "strong": {"n": n_sub, "robust": rows(lambda r: slice(0, max(len(r) - 1, 0)), n_sub), "warnings": []},
+          "cw": {"robust": rows(lambda r: slice(1, None), n_sub)}}
+    return ev | ({"num_classes": num_classes} if num_classes else {})
+
+
+def made_up_results(preset: dict, num_classes: int | None = None, seeds=(0, 1)) -> dict:
+    """reproduce's record for `preset` (a dict) with made-up results of every stage."""
+    rng = np.random.default_rng(0)
+    eps = tuple(preset["eps"])
+    stages = {}
+    for s in seeds:
+        for model, (clean, robust) in ACCURACY.items():
+            stages[f"eval-{model}@{s}"] = made_up_eval(rng, clean, robust, eps, num_classes)
+        stages[f"eval-det@{s}"] |= {"shifted_accuracy": 0.2 + 0.01 * s}
+        stages[f"fig3@{s}"] = {"points": [{"arch": a, "transfer_rate": t + 0.02 * s, "det_accuracy": d,
+                                           "d_accuracy": 0.6} for a, (t, d) in ARCHS.items()]}
+        stages[f"fig3-nt@{s}"] = {"transfer_rate": 0.05 + 0.01 * s, "det_accuracy": 0.12}
+        stages[f"leakage@{s}"] = {"d": 0.5, "rand": 0.15, "det": 0.11, "linear-d": 0.3, "linear-rand": 0.12,
+                                  "linear-det": 0.1, "notes": ["a note"],
+                                  "linear_model": {"clean_accuracy": 0.3, "certified_stable_at_0.25": 0.8,
+                                                   "train_eps": 0.5}}
+        stages[f"synth-det-nt@{s}"] = {"stats": {"target_success": 0.9, "ensemble_keeps_label": 0.7}}
+        for kind in ("rand", "det"):
+            stages[f"synth-{kind}@{s}"] = {"stats": {"image_steps_per_s": 100.0, "target_success": 0.95,
+                                                     "stored_success": 0.9, "perturbation_norm": {"mean": 0.4}}}
+        for kind in ("r", "nr"):
+            stages[f"synth-{kind}@{s}"] = {"stats": {"image_steps_per_s": 50.0, **{
+                k: {"mean": v} for k, v in (("initial_distance", 1.0), ("final_distance", 0.2),
+                                            ("stored_distance", 0.21))}}}
+    stages["theory"] = {"headline": "theory numbers"}
+    records = [{"id": i, "seconds": 1.0, "cached": False} for i in stages]
+    return {"preset": preset, "device": "cpu", "gpus": 1, "data": {"path": "d", "digest": "abc"}, "seeds": list(seeds),
+            "total_seconds": 10.0, "results": stages, "stages": records}
+
+
+CIFAR_PRESET = {"name": "cpu", "description": "made up", "subset": 300, "test_subset": 60, "arch": "tiny",
+                "seeds": 2, "deviations": ["small"], "eps": [0.25, 0.5], "claim_eps": 0.5, "attack": {"steps": 2},
+                "transfer_images": 10, "strong_subset": 20,
+                "strong_attack": {"name": "autoattack-l2", "steps": 3, "target_classes": 2}}
+FIGURES = {"inversion": "i.png", "targeted": "t.png", "bars": "b.png", "transfer": "f.png"}
+
+
+def whole_report(results: dict) -> tuple[str, dict]:
+    """report.md's text and report.json's content (as JSON reads it back) for `results`."""
+    from advfeat.report import report_json
+    from advfeat.report.collect import collect
+
+    numbers = collect(results)
+    report = report_json(results, numbers, FIGURES)
+    return render(results, numbers, FIGURES), json.loads(json.dumps(report, default=str))
+
+
+def test_a_cifar_report_is_unchanged_byte_for_byte():
+    """A record from before presets declared paper_eps (none in its preset) and one that declares
+    CIFAR's 0.25 give the stored report.md and report.json."""
+    stored_md, stored = (GOLDEN / "report_cifar.md").read_text(), json.loads((GOLDEN / "report_cifar.json").read_text())
+    text, report = whole_report(made_up_results(CIFAR_PRESET))
+    assert text == stored_md and report == stored
+    text, report = whole_report(made_up_results(CIFAR_PRESET | {"paper_eps": 0.25}))
+    before_preset = text.index("## Preset")  # the preset section prints the new field, all else is the same
+    assert text[:before_preset] == stored_md[:before_preset] and report == stored | {"preset": report["preset"]}
+
+
+@pytest.mark.parametrize("data_format", ["restricted-imagenet", None])
+def test_a_nine_class_report_at_eps_3_quotes_no_cifar_number(data_format, tmp_path):
+    """Restricted ImageNet's shape (9 classes, paper_eps 3): claims, rules, tables and Figure 2b at
+    eps 3, chance 1/9, Table 1's numbers for Restricted ImageNet's reader and no reference for data
+    the paper has none for; never CIFAR-10's."""
+    from advfeat.report.collect import collect
+    from advfeat.report.figures import draw_bars
+
+    preset = CIFAR_PRESET | {"name": "nine", "eps": [3.0], "paper_eps": 3.0, "claim_eps": 3.0,
+                             "data_format": data_format}
+    results = made_up_results(preset, num_classes=9)
+    text, report = whole_report(results)
+    assert "| claim | the paper (reference, its setting) | eps 3 (the paper's) |\n" in text
+    assert "clean acc. (D_det) - chance (11.1%)" in text and "chance (10%)" not in text
+    assert "Checking the main attack at eps 3 on" in text and "| paper: robust eps=3 |" in text
+    assert "| robust eps=3 | accuracy on y+1 (D.6) |" in text  # the Distill models' table
+    assert report["claims"][0]["verdicts"].keys() == {"3"} and "strong@3" in report["rows"][0]
+    for cifar_number in ("82.3%", "48.3%", "4.5%", "56%", "63.3%", "43.7%", "eps 0.25", "VGG-16", "Goh (response 2",
+                         "Nakkiran (response 5", "Nakkiran, Distill"):
+        assert cifar_number not in text
+    rin = data_format == "restricted-imagenet"
+    assert ("## Accuracy on the real Restricted ImageNet test set" in text) == rin
+    assert ("trained on D_rand: 87.9% on the real test set" in text) == rin
+    assert [r["paper_clean"]["value"] if r["paper_clean"] else None for r in report["rows"]] == \
+        ([0.966, None, None, None, 0.879, 0.644] if rin else [None] * 6)
+    draw_bars(collect(results).rows, tmp_path / "bars.png", 3.0, 3.0)
+    assert (tmp_path / "bars.png").stat().st_size > 0

@@ -30,9 +30,9 @@ from __future__ import annotations
 from torch import nn
 
 from advfeat.models.classifier import Classifier, PreActivationTrunk, split_at_last_relu
-from advfeat.models.registry import register_model
+from advfeat.models.registry import InputSizes, register_model
 from advfeat.models.resnet import BasicBlock, conv_bn
-from advfeat.models.small import conv_net
+from advfeat.models.small import THREE_POOLS, conv_net
 
 
 def _pooled(layers: list[nn.Module], feature_dim: int, num_classes: int) -> Classifier:
@@ -41,7 +41,7 @@ def _pooled(layers: list[nn.Module], feature_dim: int, num_classes: int) -> Clas
     return Classifier(trunk, nn.Sequential(*rest, nn.AdaptiveAvgPool2d(1), nn.Flatten()), feature_dim, num_classes)
 
 
-@register_model("vgg_mini")
+@register_model("vgg_mini", THREE_POOLS)
 def vgg_mini(num_classes: int = 10) -> Classifier:
     return conv_net(num_classes, (8, 16, 32), convs_per_stage=2)
 
@@ -57,7 +57,7 @@ def resnet_mini(num_classes: int = 10) -> Classifier:
     return Classifier(PreActivationTrunk(*layers), neck, 48, num_classes)
 
 
-@register_model("wide_shallow")
+@register_model("wide_shallow", InputSizes(minimum=3, why="a stride-2 stem then a 2x2 max-pool"))
 def wide_shallow(num_classes: int = 10) -> Classifier:
     layers = [*conv_bn(3, 64, 5, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # maps 16, 8, then 4
               *conv_bn(64, 128, 3, stride=2), nn.ReLU(inplace=True)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advfeat.models.registry import register_model
+from advfeat.models.registry import InputSizes, register_model
 from advfeat.models.classifier import Classifier
 
 
@@ -31,7 +31,7 @@ def transition(cin: int, cout: int) -> nn.Sequential:
                          nn.AvgPool2d(2))
 
 
-@register_model("densenet121")
+@register_model("densenet121", InputSizes(minimum=8, why="three 2x2 average pools"))
 def densenet121(num_classes: int = 10, growth: int = 32, blocks=(6, 12, 24, 16)) -> Classifier:
     channels = 2 * growth
     layers = [nn.Conv2d(3, channels, 3, padding=1, bias=False)]

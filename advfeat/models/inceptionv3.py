@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advfeat.models.registry import register_model
+from advfeat.models.registry import InputSizes, register_model
 from advfeat.models.classifier import Classifier, ConcatThenReLU, PreActivationTrunk
 
 
@@ -109,7 +109,8 @@ class InceptionE(ConcatThenReLU):
         )
 
 
-@register_model("inceptionv3")
+# 9x9 is the least that leaves the last reduction a 3x3 window: 9 -> 7 (stem) -> 3 -> 1.
+@register_model("inceptionv3", InputSizes(minimum=9, why="an unpadded 3x3 stem and two unpadded stride-2 reductions"))
 def inceptionv3(num_classes: int = 10) -> Classifier:
     stem = [conv_bn_relu(3, 32, 3, padding=1), conv_bn_relu(32, 32, 3, padding=1),
             conv_bn_relu(32, 64, 3, padding=1), conv_bn_relu(64, 80, 1),

@@ -33,10 +33,13 @@ from advfeat.errors import UserError
 class WrappedClassifier(nn.Module):
     fake_relu_available = False
 
-    def __init__(self, module: nn.Module, mean, std, input_size: tuple[int, ...], num_classes: int, name: str):
+    def __init__(self, module: nn.Module, mean, std, input_size: tuple[int, ...], num_classes: int, name: str,
+                 origin: dict | None = None):
         super().__init__()
         self.module = module
         self.input_size, self.num_classes, self.name = tuple(input_size), num_classes, name
+        # Where the module came from, for its card (wrapped_folder.py saves it as a folder).
+        self.origin = dict(origin) if origin else {"class": f"{type(module).__module__}.{type(module).__qualname__}"}
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         head, self.feature_dim = probe_last_linear(module, self.input_size, num_classes, name)
@@ -66,7 +69,7 @@ class WrappedClassifier(nn.Module):
         return {"kind": "model", "arch": self.name, "source": "wrapped", "num_classes": self.num_classes,
                 "feature_dim": self.feature_dim, "input_size": list(self.input_size),
                 "normalization": {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()},
-                "features": "the input of the last nn.Linear", "fake_relu": "unavailable"}
+                "features": "the input of the last nn.Linear", "fake_relu": "unavailable", "origin": self.origin}
 
 
 @torch.no_grad()
@@ -99,15 +102,16 @@ def probe_last_linear(module: nn.Module, input_size: tuple[int, ...], num_classe
 
 
 def wrap(module: nn.Module, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(3, 32, 32), num_classes: int = 10,
-         name: str | None = None) -> WrappedClassifier:
+         name: str | None = None, origin: dict | None = None) -> WrappedClassifier:
     """`module` (normalized images -> logits) as an advfeat model on images in [0, 1].
 
     mean, std: per-channel constants the module was trained with (defaults: none, for modules
-    that normalize inside); input_size: (C, H, W) of one image.
+    that normalize inside); input_size: (C, H, W) of one image; origin: where it came from
+    (a file, a paper, ...), for its card (default: its class).
     """
     if len(mean) != input_size[0] or len(std) != input_size[0] or min(std) <= 0:
         raise UserError(f"mean {tuple(mean)} and std {tuple(std)} must have {input_size[0]} entries, std > 0")
-    return WrappedClassifier(module, mean, std, input_size, num_classes, name or type(module).__name__)
+    return WrappedClassifier(module, mean, std, input_size, num_classes, name or type(module).__name__, origin)
 
 
 def robustbench_model(name: str, model_dir: Path | str = "models", dataset: str = "cifar10",
@@ -142,7 +146,11 @@ def robustbench_model(name: str, model_dir: Path | str = "models", dataset: str 
         raise UserError(f"{weights} does not fit RobustBench's {name}: {str(err).splitlines()[1].strip()}") from None
     num_classes = {"cifar10": 10, "cifar100": 100}.get(dataset, 1000)
     size = (3, 224, 224) if dataset.startswith("imagenet") else (3, 32, 32)
-    return wrap(module.eval(), input_size=size, num_classes=num_classes, name=f"robustbench:{name}")
+    from advfeat.io import file_sha256
+
+    origin = {"builder": "robustbench", "name": name, "dataset": dataset, "threat_model": threat_model,
+              "weights": str(weights), "weights_sha256": file_sha256(weights)}
+    return wrap(module.eval(), input_size=size, num_classes=num_classes, name=f"robustbench:{name}", origin=origin)
 
 
 def robustbench_state(weights: Path | str, imagenet: bool = False) -> dict[str, torch.Tensor]:

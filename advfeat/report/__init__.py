@@ -22,7 +22,7 @@ import numpy as np
 
 from advfeat.data.synthesized import read_images_at
 from advfeat.io import atomic_path, write_json
-from advfeat.report.collect import Numbers, collect, slim_stage
+from advfeat.report.collect import Numbers, collect, paper_eps_of, slim_stage
 from advfeat.report.figures import draw_figures
 from advfeat.report.markdown import render
 
@@ -37,7 +37,7 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     numbers = collect(results)
     results = results | {"theory": numbers.theory}
     paths = draw_figures(out / "figures", numbers, samples, results["preset"]["claim_eps"],
-                         results.get("theory_dir"))
+                         results.get("theory_dir"), paper_eps_of(results["preset"]))
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
     report = report_json(results, numbers, figures)
     with atomic_path(out / "report.md") as tmp:

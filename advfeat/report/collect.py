@@ -18,7 +18,7 @@ import numpy as np
 from advfeat.claims import (DISTILL_RIVALS, DR_FROM_NOISE, NAKKIRAN_TREND, NOT_JUDGED, SHOWN, Outcomes,
                             claim_verdicts, claims_at, distill_claims_at, holm_family, judge, judge_outcomes, section4_rules)
 from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, wrong_labels
-from advfeat.paper import FIGURE3, paper
+from advfeat.paper import CIFAR10, FIGURE3, paper, paper_dataset
 from advfeat.settings import KINDS
 from advfeat.stats import mean_interval, wilson_interval
 
@@ -45,7 +45,7 @@ class Numbers:
     """What the report shows. claims/rows/figure3/distill are lists and dicts of JSON values;
     an accuracy is a cell {"estimate", "low", "high", "n", "method"} or None when not measured."""
 
-    claims: list[dict]  # judged at the paper's eps 0.25 and the preset's claim eps (judged_claims)
+    claims: list[dict]  # judged at the paper's eps (paper_eps) and the preset's claim eps (judged_claims)
     holm: dict  # eps -> Holm's family statement over the counted parts at that eps
     rows: list[dict]
     figure3: list[dict]
@@ -65,26 +65,35 @@ def collect(results: dict) -> Numbers:
     extra_stages = {name: by_seed(stage_results, name) for name in ("leakage", "fig3-nt") if name in names}
     fig3_raw = by_seed(stage_results, "fig3")
     outcomes = Outcomes(evals, fig3_raw, extra_stages)
-    eps_list, claim_eps = results["preset"]["eps"], results["preset"]["claim_eps"]
-    distill = distill_summary(outcomes, evals, extra_stages, stage_results, eps_list, claim_eps) \
-        if "leakage" in names else None
+    preset = results["preset"]
+    eps_list, dataset = preset["eps"], paper_dataset(preset)
+    distill = distill_summary(outcomes, evals, extra_stages, stage_results, preset) if "leakage" in names else None
     correlation = outcomes.transfer_correlation()
-    claims, holm = judged_claims(outcomes, results["preset"])
-    return Numbers(claims=claims, holm=holm, rows=table_rows(evals, eps_list), figure3=figure3_points(fig3_raw),
+    claims, holm = judged_claims(outcomes, preset)
+    return Numbers(claims=claims, holm=holm, rows=table_rows(evals, eps_list, paper_eps=paper_eps_of(preset),
+                                                             dataset=dataset),
+                   figure3=figure3_points(fig3_raw, dataset),
                    correlation=correlation.to_dict() if correlation else None,
                    synthesized=synth_summary(stage_results), distill=distill,
                    nontransferable=list(extra_stages.get("fig3-nt", {}).values()) if distill else None,
                    theory=theory_numbers(stage_results.get("theory", {"headline": ""}), results.get("theory_dir")))
 
 
+def paper_eps_of(preset: dict) -> float:
+    """The paper's eps for the preset's data; records from before presets declared it are CIFAR-10's 0.25."""
+    return float(preset.get("paper_eps", 0.25))
+
+
 def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
-    """The claims judged by claims.py's rules, at the paper's eps 0.25 (the primary verdict) and at
-    the preset's own claim eps beside it; and Holm's statement at each. A claim whose parts were
-    all not judged (they need --extra distill) says so instead of a verdict."""
-    eps = tuple(dict.fromkeys((0.25, float(preset["claim_eps"]))))
-    parts = judge_outcomes(outcomes, eps)
+    """The claims judged by claims.py's rules, at the paper's eps (paper_eps: the primary verdict)
+    and at the preset's own claim eps beside it; and Holm's statement at each. A claim whose parts
+    were all not judged (they need --extra distill) says so instead of a verdict."""
+    paper_eps, dataset = paper_eps_of(preset), paper_dataset(preset)
+    eps = tuple(dict.fromkeys((paper_eps, float(preset["claim_eps"]))))
+    parts = judge_outcomes(outcomes, eps, paper_eps=paper_eps, dataset=dataset)
     verdicts = {e: claim_verdicts(parts, e) for e in eps}
-    texts = {c.id: c for c in claims_at(0.25) + distill_claims_at(0.25) + (DR_FROM_NOISE, NAKKIRAN_TREND)}
+    texts = {c.id: c for c in claims_at(paper_eps, dataset, outcomes.num_classes)
+             + distill_claims_at(paper_eps, dataset, outcomes.num_classes) + (DR_FROM_NOISE, NAKKIRAN_TREND)}
     claims = []
     for claim_id in dict.fromkeys(j.claim for j in parts):
         mine = [j for j in parts if j.claim == claim_id]
@@ -93,7 +102,7 @@ def judged_claims(outcomes: Outcomes, preset: dict) -> tuple[list[dict], dict]:
         text = texts.get(claim_id)
         claims.append({"id": claim_id, "statement": text.statement if text else claim_id,
                        "paper": text.paper if text else "", "counted": any(j.counted for j in mine),
-                       "verdict": at["0.25"], "verdicts": at, "parts": [j.to_dict() for j in mine]})
+                       "verdict": at[f"{paper_eps:g}"], "verdicts": at, "parts": [j.to_dict() for j in mine]})
     return claims, {f"{e:g}": holm_family(parts, e) for e in eps}
 
 
@@ -145,38 +154,43 @@ def summarize(values: list[float | None], n_images: int | None = None) -> dict |
     return {"estimate": values[0], "low": None, "high": None, "n": 1, "method": "one value"}
 
 
-def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float], keys=ROWS) -> list[dict]:
+def table_rows(evals: dict[str, dict[int, dict]], eps_list: list[float], keys=ROWS, paper_eps: float = 0.25,
+               dataset: str | None = CIFAR10) -> list[dict]:
     """One row per (key, label) of `keys`, from evals[key] = {seed: evaluation}: clean and robust
-    accuracy at each eps (main PGD, all n test images), the strong check at 0.25 on the first
-    n_sub images (main PGD there, strong attack, CW, worst case), D.6's shifted accuracy, notes
-    and warnings, and the paper's values as references (None where it has none)."""
-    return [_table_row(key, label, evals[key], eps_list) for key, label in keys]
+    accuracy at each eps (main PGD, all n test images), the strong check at the paper's eps on the
+    first n_sub images (main PGD there, strong attack, CW, worst case), D.6's shifted accuracy,
+    notes and warnings, and the paper's values on `dataset` as references (None where it has none).
+    Keys name the eps as f"{eps:g}": "robust@0.25", "strong@0.25" for CIFAR-10, "robust@3" at 3."""
+    return [_table_row(key, label, evals[key], eps_list, paper_eps, dataset) for key, label in keys]
 
 
-def _table_row(key: str, label: str, seeds: dict[int, dict], eps_list: list[float]) -> dict:
+def _table_row(key: str, label: str, seeds: dict[int, dict], eps_list: list[float], paper_eps: float,
+               dataset: str | None) -> dict:
     first = next(iter(seeds.values()))
     n, n_sub = first["n"], first["strong"]["n"]
     row = {"key": key, "setting": label, "clean": summarize([e["clean_accuracy"] for e in seeds.values()], n)}
     for eps in eps_list:
-        row[f"robust@{eps}"] = summarize([_row_at(e["main"], eps)["accuracy"] for e in seeds.values()], n)
-    sub = [set(range(n_sub)) & set(_row_at(e["main"], 0.25)["robust_index"]) for e in seeds.values()]
-    row["subset@0.25"] = summarize([len(s) / n_sub for s in sub], n_sub)
-    row["strong@0.25"] = summarize([_row_at(e["strong"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
-    row["cw@0.25"] = summarize([_row_at(e["cw"], 0.25)["accuracy"] for e in seeds.values()], n_sub)
-    row["worst@0.25"] = summarize([worst_case(e, 0.25) for e in seeds.values()], n_sub)
+        row[f"robust@{eps:g}"] = summarize([_row_at(e["main"], eps)["accuracy"] for e in seeds.values()], n)
+    at = f"@{paper_eps:g}"
+    sub = [set(range(n_sub)) & set(_row_at(e["main"], paper_eps)["robust_index"]) for e in seeds.values()]
+    row["subset" + at] = summarize([len(s) / n_sub for s in sub], n_sub)
+    row["strong" + at] = summarize([_row_at(e["strong"], paper_eps)["accuracy"] for e in seeds.values()], n_sub)
+    row["cw" + at] = summarize([_row_at(e["cw"], paper_eps)["accuracy"] for e in seeds.values()], n_sub)
+    row["worst" + at] = summarize([worst_case(e, paper_eps) for e in seeds.values()], n_sub)
     row["shifted"] = summarize([e.get("shifted_accuracy") for e in seeds.values()], n)
     row["notes"] = sorted({e["label_shift_note"] for e in seeds.values() if e.get("label_shift") is None
                            and "label_shift_note" in e})
     row["warnings"] = sorted({w for e in seeds.values() for w in e["main"]["warnings"] + e["strong"]["warnings"]})
-    for metric in ("clean", "robust@0.25"):
-        ref = paper(key, metric)
+    for metric in ("clean", "robust" + at):
+        ref = paper(key, metric, dataset)
         row[f"paper_{metric}"] = ref.to_dict() if ref else None
     return row
 
 
-def figure3_points(fig3: dict[int, dict]) -> list[dict]:
+def figure3_points(fig3: dict[int, dict], dataset: str | None = CIFAR10) -> list[dict]:
     """Per architecture: transfer rate and accuracy trained on D_det (and on D), over seeds,
-    each seed's point, and the paper's (D_det accuracy, transfer) when it has the architecture."""
+    each seed's point, and the paper's (D_det accuracy, transfer) when it has the architecture
+    (Figure 3 is CIFAR-10's: none on other data)."""
     archs = {}
     for result in fig3.values():
         for p in result["points"]:
@@ -188,19 +202,20 @@ def figure3_points(fig3: dict[int, dict]) -> list[dict]:
                     "det_accuracy": summarize([p["det_accuracy"] for p in points]),
                     "d_accuracy": summarize([p["d_accuracy"] for p in points]),
                     "seeds": [{"transfer": p["transfer_rate"], "det_accuracy": p["det_accuracy"]} for p in points],
-                    "paper": FIGURE3.get(arch)})
+                    "paper": FIGURE3.get(arch) if dataset == CIFAR10 else None})
     return out
 
 
-def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_results: dict, eps_list,
-                    claim_eps: float) -> dict:
-    """The Distill discussion's numbers: judged claims, the models' rows, Goh's probes and
-    robust linear model, Nakkiran's non-transferable dataset."""
+def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_results: dict, preset: dict) -> dict:
+    """The Distill discussion's numbers: judged claims (at the preset's claim eps), the models'
+    rows, Goh's probes and robust linear model, Nakkiran's non-transferable dataset."""
+    dataset = paper_dataset(preset)
     leakage = extra_stages.get("leakage", {})
     nt_synth = [r["stats"] for r in by_seed(stage_results, "synth-det-nt").values()]
     linear = [r["linear_model"] for r in leakage.values() if "linear_model" in r]
     discussion = discussion_summary(stage_results)
-    claims = judge(outcomes, claims=distill_claims_at(claim_eps)) + discussion.pop("claims")
+    claims = judge(outcomes, claims=distill_claims_at(preset["claim_eps"], dataset, outcomes.num_classes)) \
+        + discussion.pop("claims")
     for claim in claims:  # each rule with the rival view it rules out
         for part in claim["parts"]:
             part.setdefault("rival", DISTILL_RIVALS.get(claim["id"], ""))
@@ -208,7 +223,7 @@ def distill_summary(outcomes: Outcomes, evals: dict, extra_stages: dict, stage_r
     return {
         "claims": claims,
         "discussion": discussion,
-        "rows": table_rows(evals, eps_list, DISTILL_ROWS),
+        "rows": table_rows(evals, preset["eps"], DISTILL_ROWS, paper_eps_of(preset), dataset),
         "probe": {name: summarize([r[name] for r in leakage.values() if name in r])
                   for name in probes + tuple(f"{p}@y+1" for p in probes)},
         "linear_model": {name: summarize([m[name] for m in linear])

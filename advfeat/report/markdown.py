@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 
-from advfeat.paper import D6_REPLICATION, FIGURE3_SOURCE, PAPER_SETTING
-from advfeat.report.collect import Numbers, slim_stage
+from advfeat.paper import CIFAR10, D6_REPLICATION, FIGURE3_SOURCE, NO_REFERENCE, SETTINGS, paper_dataset
+from advfeat.report.collect import Numbers, paper_eps_of, slim_stage
 from advfeat.report.figures import THEORY_FIGURES
 from advfeat.stats import LEVEL
 
-MISSING = "–"  # a number not measured, or a reference the source does not give
+MISSING = NO_REFERENCE  # a number not measured, or a reference the source does not give
 
 
 def render(results: dict, numbers: Numbers, figures: dict[str, str]) -> str:
@@ -24,16 +24,16 @@ def render(results: dict, numbers: Numbers, figures: dict[str, str]) -> str:
     preset, rows = results["preset"], numbers.rows
     sections = [header(results),
                 claims_section(numbers.claims, numbers.holm, results),
-                rules_section(numbers.claims),
+                rules_section(numbers.claims, paper_eps_of(preset)),
                 accuracy_table(rows, preset),
-                strong_check(rows, preset["strong_attack"], preset["strong_subset"]),
-                d6_section(rows),
+                strong_check(rows, preset["strong_attack"], preset["strong_subset"], paper_eps_of(preset)),
+                d6_section(rows, paper_dataset(preset) == CIFAR10),
                 synthesized_section(numbers.synthesized),
                 samples_section(figures, (results.get("seeds") or [0])[0]),
                 figure2b_section(figures),
                 figure3_section(numbers, preset["transfer_images"], figures)]
     if numbers.distill:
-        sections.append(distill_section(numbers.distill, figures))
+        sections.append(distill_section(numbers.distill, figures, preset["eps"]))
     sections += [theory_section(numbers.theory, figures), timings_section(results), preset_section(preset)]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
@@ -124,13 +124,14 @@ def time_text(results: dict) -> str:
 
 
 def claims_section(claims: list[dict], holm: dict, results: dict) -> list[str]:
-    """The claims' verdicts at the paper's eps 0.25 (primary) and the preset's own eps, how the
-    intervals were made, the rule, the precondition, and Holm's family statement."""
+    """The claims' verdicts at the paper's eps (primary; CIFAR-10's 0.25) and the preset's own eps,
+    how the intervals were made, the rule, the precondition, and Holm's family statement."""
     preset = results["preset"]
-    eps = list(claims[0]["verdicts"]) if claims else ["0.25"]
+    paper_eps = f"{paper_eps_of(preset):g}"
+    eps = list(claims[0]["verdicts"]) if claims else [paper_eps]
     seeds = results.get("seeds") or list(range(preset["seeds"]))
-    columns = [f"eps {e} ({'the paper' + chr(39) + 's' if e == '0.25' else 'this preset' + chr(39) + 's; a deviation'})"
-               for e in eps]
+    papers, presets = "the paper's", "this preset's; a deviation"
+    columns = [f"eps {e} ({papers if e == paper_eps else presets})" for e in eps]
     lines = ["## The paper's claims, judged", "",
              f"Judged on {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) and {test_images_text(results)}. Each "
              f"part is an effect with a {round(LEVEL * 100)}% interval from a two-level bootstrap over the seeds and "
@@ -152,7 +153,8 @@ def claims_section(claims: list[dict], holm: dict, results: dict) -> list[str]:
             for part in c["parts"]:
                 if part["interval"]:
                     lines += ["", f"Precondition, not a claim of the paper: {c['statement']}. "
-                                  f"{part['part']}: {judged_effect(part)}, {part['verdict']}."]
+                                  f"{part['part']}: {judged_effect(part, paper_eps_of(preset))}, "
+                                  f"{part['verdict']}."]
     for e in eps:
         if e in holm:
             lines += ["", f"Multiplicity: {holm[e]['statement']}"]
@@ -172,8 +174,9 @@ def test_images_text(results: dict) -> str:
     return f"{images['n']} test images"
 
 
-def rules_section(claims: list[dict]) -> list[str]:
-    """Every part: its effect, both intervals, the rule, the rival it rules out, the verdict."""
+def rules_section(claims: list[dict], paper_eps: float = 0.25) -> list[str]:
+    """Every part: its effect, both intervals, the rule, the rival it rules out, the verdict; the
+    paper's value beside, measured at paper_eps."""
     lines = ["### Each rule", "",
              "| claim | part | ours [95% bootstrap interval] | t interval over seeds | rule | rival explanation it "
              "rules out | verdict |", "|---|---|---|---|---|---|---|"]
@@ -182,7 +185,8 @@ def rules_section(claims: list[dict]) -> list[str]:
             t = part.get("t_interval")
             t_text = f"[{_effect_number(part, t['low'])}, {_effect_number(part, t['high'])}]" if t else MISSING
             note = f" ({part['note']})" if part.get("note") else ""
-            lines.append(f"| {c['id']} | {part['part']}{note} | {judged_effect(part)} | {t_text} | {rule_text(part)} | "
+            lines.append(f"| {c['id']} | {part['part']}{note} | {judged_effect(part, paper_eps)} | {t_text} | "
+                         f"{rule_text(part)} | "
                          f"{part['rival']} | {part['verdict']} |")
     return lines
 
@@ -198,8 +202,9 @@ def _effect_number(part: dict, value: float) -> str:
     return f"{100 * value:+.1f}" if _is_points(part) else f"{value:.2f}"
 
 
-def judged_effect(part: dict) -> str:
-    """A judged part's effect with its interval, in its unit (points, a share, a rho or slope)."""
+def judged_effect(part: dict, paper_eps: float = 0.25) -> str:
+    """A judged part's effect with its interval, in its unit (points, a share, a rho or slope), and
+    the paper's value (measured at paper_eps) where it has one."""
     if part["effect"] is None:
         return MISSING
     text = _effect_number(part, part["effect"]) + (" pts" if _is_points(part) else "")
@@ -209,7 +214,7 @@ def judged_effect(part: dict) -> str:
     if part.get("p") is not None and "Spearman" in part["part"]:
         text += f" (exact p = {part['p']:.4f})"
     if part.get("reference") is not None:
-        text += f"; the paper: {_effect_number(part, part['reference'])} (ResNet-50, eps 0.25)"
+        text += f"; the paper: {_effect_number(part, part['reference'])} (ResNet-50, eps {paper_eps:g})"
     return text
 
 
@@ -240,49 +245,58 @@ def claims_table(claims: list[dict], reference: str) -> list[str]:
 
 
 def accuracy_table(rows: list[dict], preset: dict) -> list[str]:
-    """Clean and robust accuracy (main PGD, each eps) per model, the paper's beside."""
-    eps_list = preset["eps"]
-    lines = ["## Accuracy on the real CIFAR-10 test set (%)", "",
+    """Clean and robust accuracy (main PGD, each eps) per model, the paper's (on the preset's data,
+    at its eps) beside."""
+    eps_list, paper_eps, dataset = preset["eps"], paper_eps_of(preset), paper_dataset(preset)
+    setting = SETTINGS.get(dataset, f"{MISSING} (the paper gives none for this data)")
+    title = f"## Accuracy on the real {dataset} test set (%)" if dataset else "## Accuracy on the real test set (%)"
+    lines = [title, "",
              f"Ours: mean [95% interval] over {preset['seeds']} seed(s). Robust accuracy is under L2 PGD "
-             f"({preset['attack']['steps']} steps). The paper's column is a reference: {PAPER_SETTING}; sources in "
+             f"({preset['attack']['steps']} steps). The paper's column is a reference: {setting}; sources in "
              "report.json.", "",
-             "| setting | clean | " + " | ".join(f"robust eps={e}" for e in eps_list) + " | paper: clean | "
-             "paper: robust eps=0.25 |", "|" + "---|" * (3 + len(eps_list) + 1)]
+             "| setting | clean | " + " | ".join(f"robust eps={e:g}" for e in eps_list) + " | paper: clean | "
+             f"paper: robust eps={paper_eps:g} |", "|" + "---|" * (3 + len(eps_list) + 1)]
     for r in rows:
-        lines.append(f"| {r['setting']} | {cell(r['clean'])} | " + " | ".join(cell(r[f'robust@{e}']) for e in eps_list)
-                     + f" | {reference_cell(r['paper_clean'])} | {reference_cell(r['paper_robust@0.25'])} |")
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | "
+                     + " | ".join(cell(r[f'robust@{e:g}']) for e in eps_list)
+                     + f" | {reference_cell(r['paper_clean'])} | {reference_cell(r[f'paper_robust@{paper_eps:g}'])} |")
     return lines
 
 
-def strong_check(rows: list[dict], strong_attack: dict, subset: int) -> list[str]:
-    """The main attack checked at eps 0.25 against the strong attack, CW and their worst case,
-    and the evaluations' warnings."""
-    strong = attack_name(strong_attack)
-    lines = [f"Checking the main attack at eps 0.25 on the first {subset} (shuffled) test "
+def strong_check(rows: list[dict], strong_attack: dict, subset: int, paper_eps: float = 0.25) -> list[str]:
+    """The main attack checked at the paper's eps against the strong attack, CW and their worst
+    case, and the evaluations' warnings."""
+    strong, at = attack_name(strong_attack), f"@{paper_eps:g}"
+    lines = [f"Checking the main attack at eps {paper_eps:g} on the first {subset} (shuffled) test "
              f"images: the main PGD on them, {strong}, Carlini-Wagner L2, and the per-image worst case (an image "
              "is robust only if all three failed on it). A worst case far below the main PGD would mean the main "
              "attack is too weak.", "",
              f"| setting | main PGD | {strong.split(' (')[0]} | CW-L2 | worst case |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {cell(r['subset@0.25'])} | {cell(r['strong@0.25'])} | {cell(r['cw@0.25'])} "
-                     f"| {cell(r['worst@0.25'])} |")
+        lines.append(f"| {r['setting']} | " + " | ".join(cell(r[name + at]) for name in ("subset", "strong", "cw",
+                                                                                           "worst")) + " |")
     warnings = [f"- {r['setting']}: {w}" for r in rows for w in r["warnings"]]
     if warnings:
         lines += ["", "Evaluation warnings:", *warnings]
     return lines
 
 
-def d6_section(rows: list[dict]) -> list[str]:
+def d6_section(rows: list[dict], cifar: bool = True) -> list[str]:
     """Appendix D.6: the D_det model's accuracy on the true labels and on y+1, with the
-    replication's numbers as references; why it was skipped, when it was."""
+    replication's numbers as references (CIFAR-10's: MISSING on other data); why it was skipped,
+    when it was."""
     det = next(r for r in rows if r["key"] == "det")
+
+    def reference(ref: str) -> str:
+        return f"{100 * D6_REPLICATION[ref].value:.1f} ({D6_REPLICATION[ref].source})" if cifar else MISSING
+
     return ["## Appendix D.6: what the model trained on D_det learned", "",
             "D_det's images of class y carry non-robust features of y+1 and are labelled y+1, while their robust "
             "features still say y. On the real test set, accuracy on the true labels y measures the non-robust "
             "features learned; accuracy on the labels y+1 (the test set relabelled like D_det) measures the robust "
             "features learned with D_det's shifted labels.", "",
             "| test labels | ours | reference |", "|---|---|---|",
-            *[f"| {name} | {cell(det[key])} | {100 * D6_REPLICATION[ref].value:.1f} ({D6_REPLICATION[ref].source}) |"
+            *[f"| {name} | {cell(det[key])} | {reference(ref)} |"
               for name, key, ref in (("true y", "clean", "true"), ("y+1", "shifted", "shifted"))],
             *[f"- {note}: D.6 skipped" for note in det["notes"]]]
 
@@ -357,7 +371,8 @@ DISCUSSION_FIGURES = (("fourier_heat_maps", "Fourier-noise error heat maps (Gilm
                       ("squares", "Nakkiran's adversarial squares: flip rates"))
 
 
-def distill_section(distill: dict, figures: dict[str, str] | None = None) -> list[str]:
+def distill_section(distill: dict, figures: dict[str, str] | None = None,
+                    eps_list: list[float] = (0.25, 0.5)) -> list[str]:
     """--extra distill: which comment each experiment answers and its verdict, every claim with
     its rules, rivals, intervals and the comment's number, Goh's probe, Nakkiran's
     non-transferable D_det, the extra models' accuracies, and the discussion's figures."""
@@ -369,7 +384,7 @@ def distill_section(distill: dict, figures: dict[str, str] | None = None) -> lis
             "claims. D_R from noise is judged with the main claims (above). Style transfer (Nakano) is not built.", "",
             *comments_table(distill["claims"]), "", *discussion_rules(distill["claims"]), "",
             *_discussion_lines(distill.get("discussion", {})), "",
-            *_probe_lines(distill), "", *_nontransferable_lines(distill),
+            *_probe_lines(distill), "", *_nontransferable_lines(distill, eps_list),
             *[line for key, title in DISCUSSION_FIGURES if key in figures
               for line in ("", f"![{title}]({figures[key]})")]]
 
@@ -463,17 +478,19 @@ def _probe_lines(distill: dict) -> list[str]:
     return lines + [f"- {note}" for note in distill["probe_notes"]]
 
 
-def _nontransferable_lines(distill: dict) -> list[str]:
-    """Nakkiran's non-transferable D_det, then the Distill models' accuracy table."""
+def _nontransferable_lines(distill: dict, eps_list: list[float]) -> list[str]:
+    """Nakkiran's non-transferable D_det, then the Distill models' accuracy table (robust
+    accuracy at the preset's eps)."""
     nt = distill["nontransferable"]
     lines = ["Nakkiran's non-transferable D_det: targeted toward y+1 for the source model while an ensemble of "
              f"independently trained models keeps predicting y: target success {cell(nt['target_success'])}%, the "
              f"ensemble keeps the true label on {cell(nt['ensemble_keeps_label'])}% of them; transfer success to a "
              f"model trained on D: {cell(nt['transfer'])}% (Figure 3's x marker).", "",
-             "| setting | clean | robust eps=0.25 | robust eps=0.5 | accuracy on y+1 (D.6) |", "|---|---|---|---|---|"]
+             "| setting | clean | " + "".join(f"robust eps={e:g} | " for e in eps_list) + "accuracy on y+1 (D.6) |",
+             "|---|---|" + "---|" * (len(eps_list) + 1)]
     for r in distill["rows"]:
-        lines.append(f"| {r['setting']} | {cell(r['clean'])} | {cell(r['robust@0.25'])} | {cell(r.get('robust@0.5'))} "
-                     f"| {cell(r['shifted'])} |")
+        robust = "".join(f"{cell(r.get(f'robust@{e:g}'))} | " for e in eps_list)
+        lines.append(f"| {r['setting']} | {cell(r['clean'])} | {robust}{cell(r['shifted'])} |")
     return lines
 
 

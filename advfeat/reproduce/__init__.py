@@ -52,6 +52,9 @@ def prepare(preset: Preset, data: str | None, out: Path | str, *, device: str = 
     log = log or (lambda message: print(message, file=sys.stderr))
     torch_device = check_devices(preset, device, gpus)
     source = load_dataset(data)  # reads (or decodes once into the cache) the source data
+    if preset.data_format and source.source.get("format") != preset.data_format:
+        raise UserError(f"preset {preset.name} needs {preset.data_format} data; {data} is "
+                        f"{source.source.get('format') or 'CIFAR-10'} (docs/data.md)")
     sources = Sources(source.source["path"], preset.subset, preset.test_subset, torch_device,
                       preset.looked_at_test_images, source=dict(source.source))
     sources.test()  # a --test-subset larger than the images available fails now, not after training

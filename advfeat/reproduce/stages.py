@@ -130,7 +130,8 @@ def evaluate_stage(model_stage: str, sources: Sources, eps: list[float], main: A
         x, y = sources.test_tensors()
         predictions = predict_tensor(model, x, main.batch_size)
         first = slice(0, min(strong_n, len(y)))
-        result = {"n": len(y), "clean_accuracy": float((predictions == y).float().mean()),
+        result = {"n": len(y), "num_classes": model.num_classes,  # chance for the claims (claims.py)
+                  "clean_accuracy": float((predictions == y).float().mean()),
                   "correct": (predictions == y).int().cpu().tolist(),  # per image: pairs models image by image
                   # Each keeps its per-image survivors (robust_index): they pair models image by image.
                   "main": robust_accuracy(model, x, y, eps, main),
