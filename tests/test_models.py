@@ -12,7 +12,8 @@ from advfeat.models.classifier import FakeReLU, FinalActivation
 
 FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "vgg16": 512, "densenet121": 1024, "googlenet": 1024,
                 "inceptionv3": 2048, "small": 128, "mid": 128, "tiny": 64, "mlp": 512,
-                "vgg_mini": 32, "resnet_mini": 48, "wide_shallow": 128, "mobile_mini": 128}
+                "vgg_mini": 32, "resnet_mini": 48, "wide_shallow": 128, "mobile_mini": 128,
+                "resnet18_imagenet": 512, "resnet50_imagenet": 2048}
 FIGURE_3_ARCHS = {"resnet50", "resnet18", "vgg16", "densenet121", "inceptionv3"}
 
 

@@ -116,7 +116,7 @@ def test_a_code_change_or_a_setting_reruns_only_what_depends_on_it(reduced_run, 
     assert {"synth-det@0", "train-on-det@0", "eval-det@0", "fig3-det-tiny@0", "fig3@1"} <= todo
     assert not todo & {"train-standard@0", "train-robust@1", "synth-r@0", "synth-rand@1", "eval-standard@0",
                        "eval-r@1", "fig3-d-small@0", "theory"}
-    monkeypatch.setattr(pipeline, "code_digest", lambda: "a bug fix")
+    monkeypatch.setattr(pipeline, "code_digest", lambda **_: "a bug fix")
     plan = reproduce_module.dry_run(preset, str(shared_data), moved, rates=reduced_run["estimate"]["rates"],
                                     log=lambda m: None)
     assert all(r["status"] == "todo" for r in plan["stages"])
