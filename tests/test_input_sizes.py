@@ -60,7 +60,6 @@ def folder64(tmp_path_factory):
 def test_every_architecture_trains_on_64x64_or_says_why_not(folder64, tmp_path, name):
     from advfeat.checkpoint import load_model
 
-    torch.set_num_threads(1)
     out = tmp_path / "model"
     code, _, err = run_cli("train", "--data", str(folder64), "--out", str(out), "--arch", name, "--epochs", "1",
                            "--batch-size", "2", "--quiet")

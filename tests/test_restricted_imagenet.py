@@ -91,7 +91,6 @@ def test_one_stage_runs_on_the_tiny_folder(imagenet, tmp_path):
     from advfeat.checkpoint import load_model
     from advfeat.reproduce import prepare
 
-    torch.set_num_threads(1)
     preset = tiny(get_preset("restricted-imagenet"))
     preset = dataclasses.replace(preset, standard=dataclasses.replace(preset.standard, epochs=2))
     pipeline, _, _ = prepare(preset, str(imagenet), tmp_path / "out", device="cpu", log=lambda m: None)
