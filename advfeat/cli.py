@@ -284,6 +284,88 @@ def _add_fourier(sub) -> None:
     p.set_defaults(func=_fourier)
 
 
+# --------------------------------------------------------------------------- style
+
+
+def _style(args: argparse.Namespace) -> None:
+    """Nakano's style transfer with a user's model: a content image (a file, or the --image-th
+    test image of --data) restyled after --style (a file, or the procedural texture), one
+    picture per style layer alone and one with all of them. Every input is checked before the
+    optimisation starts."""
+    import dataclasses
+
+    import torch
+
+    from advfeat.checkpoint import load_model
+    from advfeat.discussion.style_transfer import (MULTI, StyleSettings, choose_layers, load_pictures, read_image,
+                                                   save_pictures, style_grid, wave_texture)
+    from advfeat.io import write_json
+    from advfeat.models.registry import check_input_size, model_names
+    from advfeat.report.figures import draw_style_grid
+    from advfeat.runtime import resolve_device
+
+    settings = StyleSettings(contents=1, steps=args.steps, style_weight=args.style_weight,
+                             max_layers=args.max_layers)
+    if (args.content is None) == (args.data is None):
+        raise UserError("give the content image as --content FILE or as --data with --image N")
+    out = Path(args.out)
+    if (out / "style.json").exists() and not args.force:
+        raise UserError(f"{out / 'style.json'} already exists; pass --force to overwrite it")
+    device = resolve_device(args.device)
+    model, card = load_model(args.model, device)
+    if args.content is not None:
+        content = read_image(args.content)
+    else:
+        from advfeat.data import load_dataset
+
+        test = load_dataset(args.data, name=args.name, verbose=not args.quiet).test
+        if not 0 <= args.image < len(test):
+            raise UserError(f"--image must be in [0, {len(test) - 1}], got {args.image}")
+        content = torch.from_numpy(test.images[args.image]).float() / 255
+    height, width = content.shape[-2:]
+    if card.get("arch") in model_names():  # a wrapped model's own module: its forward pass will tell
+        check_input_size(card["arch"], tuple(content.shape))
+    style = read_image(args.style, (height, width)) if args.style else wave_texture(height, width)
+    model.eval().requires_grad_(False)
+    layers = tuple(x for x in (args.layers or "").split(",") if x)
+    style_layers, content_layer = choose_layers(model, (height, width), layers, args.content_layer or "",
+                                                args.max_layers)
+    content, style = content[None].to(device), style.to(device)
+    grid = style_grid(model, content, style, settings, style_layers, content_layer)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = {"content": content, "style": style[None]} | {f"model|{k}": v for k, v in grid.items()}
+    save_pictures(out / "style.npz", pictures)
+    draw_style_grid(load_pictures(out / "style.npz"), out / "style_transfer.png")
+    write_json(out / "style.json", {"model": str(args.model), "style": args.style or "wave_texture(seed 0)",
+                                    "content": args.content or f"{args.data} test image {args.image}",
+                                    "style_layers": style_layers, "content_layer": content_layer,
+                                    "columns": list(grid), "settings": dataclasses.asdict(settings)})
+    print(f"style transfer at {', '.join(style_layers)} (content {content_layer}; {MULTI}: one more picture) -> "
+          f"{out / 'style_transfer.png'}")
+
+
+def _add_style(sub) -> None:
+    p = sub.add_parser("style", help="neural style transfer with a model, per layer (Nakano, Distill)")
+    p.add_argument("model", help="a model folder (advfeat train or import)")
+    p.add_argument("--content", help="the content image (PNG or JPEG)")
+    p.add_argument("--data", help="or take the content image from this dataset's test split (any supported form)")
+    _add_name_flag(p)
+    p.add_argument("--image", type=int, default=0, help="with --data: which test image (default 0)")
+    p.add_argument("--style", help="the style image, resized to the content's size (default: a procedural texture "
+                                   "of coloured gratings)")
+    p.add_argument("--layers", help="style layers, comma-separated (default: up to --max-layers feature-map layers, "
+                                    "evenly spaced); a wrong name lists the valid ones")
+    p.add_argument("--content-layer", help="the content layer (default: the second-to-last style layer)")
+    p.add_argument("--max-layers", type=_positive_int, default=5, help="style layers chosen when none are named")
+    p.add_argument("--steps", type=_positive_int, default=200, help="L-BFGS iterations per picture (default 200)")
+    p.add_argument("--style-weight", type=float, default=1.0, help="style loss weight (content: 1; both relative)")
+    p.add_argument("--out", required=True, help="a folder for style_transfer.png, style.npz and style.json")
+    p.add_argument("--force", action="store_true", help="overwrite style.json if it exists")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_style)
+
+
 # --------------------------------------------------------------------------- synth
 
 
@@ -614,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_synth(sub)
     _add_fourier(sub)
+    _add_style(sub)
     _add_reproduce(sub)
     _add_doctor(sub)
     _add_theory(sub)

@@ -17,6 +17,7 @@ from advfeat.discussion.fourier import FourierSettings
 from advfeat.discussion.layer_robustness import LayerSettings
 from advfeat.discussion.settings import DiscussionSettings
 from advfeat.discussion.squares import SquaresSettings
+from advfeat.discussion.style_transfer import StyleSettings
 from advfeat.discussion.wrong_labels import WrongLabelsSettings
 from advfeat.errors import UserError
 from advfeat.settings import KINDS, AttackSpec, SynthSettings, TrainConfig
@@ -110,7 +111,8 @@ def _comment_discussion(train: TrainConfig) -> DiscussionSettings:
         fourier=FourierSettings(images=1000, stride=1, train_images=50000, train=train, batch_size=1000,
                                 fog_images=10000),  # Gilmer & Hendrycks: 1,000 images, every frequency
         eigen=EigenSettings(),
-        layers=LayerSettings(eps=0.5, pairs=1000, steps=20, batch_size=500))
+        layers=LayerSettings(eps=0.5, pairs=1000, steps=20, batch_size=500),
+        style=StyleSettings(contents=4, steps=500))  # Nakano: L-BFGS to convergence
 
 
 # CPU scale, sized so that every --extra distill stage of 3 seeds fits the cpu preset's budget
@@ -121,7 +123,8 @@ _CPU_DISCUSSION = DiscussionSettings(
                                      toy_draws=3, toy_steps=300),
     fourier=FourierSettings(images=100, stride=2, train_images=2000, fog_images=2000),
     eigen=EigenSettings(),
-    layers=LayerSettings(eps=0.5, pairs=100, steps=10))
+    layers=LayerSettings(eps=0.5, pairs=100, steps=10),
+    style=StyleSettings(contents=2, steps=100))
 # Seconds: a test of the code, not of the comments.
 _SMOKE_DISCUSSION = DiscussionSettings(
     squares=SquaresSettings(n_train=200, n_test=100, width=400, attack_steps=5),
@@ -131,7 +134,8 @@ _SMOKE_DISCUSSION = DiscussionSettings(
     fourier=FourierSettings(images=20, stride=4, train_images=300, train=replace(FourierSettings().train, epochs=1),
                             fog_images=200),
     eigen=EigenSettings(),
-    layers=LayerSettings(eps=0.5, pairs=10, steps=3))
+    layers=LayerSettings(eps=0.5, pairs=10, steps=3),
+    style=StyleSettings(contents=1, steps=5))
 
 # --------------------------------------------------------------------------- paper
 

@@ -412,6 +412,82 @@ def test_layer_names_and_bad_name():
     assert terms["ratio"] > 0 and (terms["moved"] > 0).all()
 
 
+# --------------------------------------------------------------------------- Nakano's style transfer
+
+
+def test_gram_matches_its_definition_and_relative_error_is_scale_free():
+    from advfeat.discussion.style_transfer import gram, relative_error
+
+    f = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    direct = torch.stack([torch.stack([torch.stack([(f[n, i] * f[n, j]).mean() for j in range(3)])
+                                       for i in range(3)]) for n in range(2)])
+    assert torch.allclose(gram(f), direct, atol=1e-6)
+    constant = torch.ones(1, 2, 3, 3) * torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+    assert torch.allclose(gram(constant)[0], torch.tensor([[4.0, -2.0], [-2.0, 1.0]]))
+    target = gram(f[:1])
+    assert torch.allclose(relative_error(gram(f), target), relative_error(10 * gram(f), 10 * target))
+    assert relative_error(target, target).item() == 0
+
+
+def test_style_transfer_with_one_relu_matches_the_styles_channel_second_moments():
+    """A network that is one ReLU sees images in [0, 1] as they are: its Gram matrix is the 3x3
+    matrix of channel second moments, which L-BFGS on the style loss alone must match."""
+    from advfeat.discussion.style_transfer import StyleLoss, StyleSettings, gram, stylize, wave_texture
+
+    model = torch.nn.Sequential(torch.nn.ReLU())
+    content = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    style = wave_texture(16, seed=3)
+    loss = StyleLoss(model, style, content, ["0"], "0")
+    x = stylize(loss, content, StyleSettings(steps=100, style_weight=1.0, content_weight=0.0))
+    assert x.min() >= 0 and x.max() <= 1
+    assert torch.allclose(gram(x), gram(style[None]).expand(2, 3, 3), atol=2e-3)
+    assert not torch.allclose(gram(content), gram(style[None]).expand(2, 3, 3), atol=2e-2)  # not there at start
+    # With the content term alone, the content image is already the optimum: it stays.
+    kept = stylize(loss, content, StyleSettings(steps=20, style_weight=1e-9, content_weight=1.0))
+    assert torch.allclose(kept, content.clamp(1e-3, 1 - 1e-3), atol=1e-3)
+
+
+def test_wave_texture_is_three_gratings_in_range():
+    from advfeat.discussion.style_transfer import wave_texture
+
+    t = wave_texture(32, seed=1)
+    assert t.shape == (3, 32, 32) and t.min() >= 0 and t.max() <= 1
+    assert torch.equal(t, wave_texture(32, seed=1)) and not torch.equal(t, wave_texture(32, seed=2))
+    for channel in t:  # the spectrum's peak (zero frequency left out) lies at 3-6 cycles per image
+        power = torch.fft.fft2(channel - channel.mean()).abs()
+        u, v = divmod(int(power.argmax()), 32)
+        radius = float(np.hypot(min(u, 32 - u), min(v, 32 - v)))
+        assert 2 <= radius <= 7, radius
+
+
+def test_style_layers_are_feature_maps_evenly_spaced_and_bad_names_are_one_line_errors():
+    import dataclasses
+
+    from advfeat.discussion.settings import feature_map_layers
+    from advfeat.discussion.style_transfer import StyleSettings, choose_layers
+    from advfeat.models import create_model
+    from advfeat.presets import SMOKE_PRESET
+
+    vgg = create_model("vgg_mini").eval()
+    spatial = list(feature_map_layers("vgg_mini"))
+    layers, content = choose_layers(vgg, 32, max_layers=3)
+    assert len(spatial) == 6 and layers == [spatial[0], spatial[2], spatial[5]]  # linspace(0, 5, 3), rounded
+    assert content == layers[-2]
+    assert choose_layers(vgg, 32, ("trunk.5",), "trunk.9") == (["trunk.5"], "trunk.9")
+    with pytest.raises(UserError, match="unknown style layer 'conv1'; choose from trunk.2, "):
+        choose_layers(vgg, 32, ("conv1",))
+    with pytest.raises(UserError, match="no feature-map layers|has none"):
+        choose_layers(create_model("mlp").eval(), 32)
+    d = SMOKE_PRESET.discussion
+    with pytest.raises(UserError, match="unknown style layer 'relu4_2' for tiny; choose from trunk.2, trunk.6, "
+                                        "activation"):
+        dataclasses.replace(SMOKE_PRESET, discussion=dataclasses.replace(d, style=StyleSettings(
+            content_layer="relu4_2")))
+    for bad in (dict(steps=0), dict(contents=0), dict(style_weight=0), dict(content_weight=-1)):
+        with pytest.raises(UserError):
+            StyleSettings(**bad)
+
+
 def test_eigenfeatures_scatter_is_written(tmp_path):
     from advfeat.discussion.eigenfeatures import EigenSettings, analyse, scatter_figure
 

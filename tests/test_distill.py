@@ -175,7 +175,7 @@ def test_robust_linear_training_trades_accuracy_for_certified_stability():
 # --------------------------------------------------------------------------- the discussion's stages (issue 20)
 
 DISCUSSION_STAGES = ("squares", "wrong-labels", "gaussian-aug", "fourier-noise", "filtered", "fog", "eigenfeatures",
-                     "layer-robustness")
+                     "layer-robustness", "style-transfer")
 DISCUSSION_CLAIMS = {"nakkiran-squares", "wallace-mislabelled", "wallace-cross", "wallace-toy", "fourier-noise-robust",
                      "fourier-noise-gaussian", "filtered-training", "fog", "goh-eigenfeatures", "layer-robustness"}
 
@@ -231,7 +231,8 @@ def discussion_run(shared_data, tmp_path_factory):
 
 def test_every_discussion_stage_runs_and_the_report_shows_each_experiment_with_a_verdict(discussion_run, tmp_path):
     from advfeat.report.collect import discussion_summary
-    from advfeat.report.figures import draw_discussion_figures
+    from advfeat.discussion.style_transfer import load_pictures
+    from advfeat.report.figures import draw_discussion_figures, draw_style_grid
     from advfeat.report.markdown import comments_table, discussion_rules
 
     summary = discussion_summary(discussion_run.results)
@@ -251,6 +252,17 @@ def test_every_discussion_stage_runs_and_the_report_shows_each_experiment_with_a
     paths = draw_discussion_figures(tmp_path, summary)
     assert set(paths) == {"fourier_heat_maps", "layer_ratios", "squares", "goh_scatter"}
     assert all(p.stat().st_size > 1000 for p in paths.values())
+    # Style transfer: shown, not judged; the table names it, its pictures make the grid.
+    style = summary["style"]["models"]
+    assert set(style) == {"standard", "robust"} and style["robust"]["content_layer"] == "trunk.6"
+    for net, m in style.items():
+        assert set(m["columns"]) == {"trunk.2", "trunk.6", "activation", "all layers"}
+        assert set(m["cross"]) == {"standard", "robust"} and m["cross"][net] == m["columns"]["all layers"]["style_share"]
+    assert "qualitative: pictures, not judged" in "\n".join(comments_table(summary["claims"], True))
+    pictures = load_pictures(discussion_run.folder("style-transfer@0") / "style.npz")
+    assert pictures["standard|all layers"].shape == pictures["content"].shape
+    draw_style_grid(pictures, tmp_path / "style.png", summary["layer_ratios"])
+    assert (tmp_path / "style.png").stat().st_size > 1000
 
 
 def test_bad_discussion_settings_are_one_line_user_errors():
@@ -297,3 +309,31 @@ def test_the_fourier_command_draws_a_heat_map_and_rejects_bad_input_in_one_line(
     assert all(0 <= e <= 1 for row in result["error_map"] for e in row)
     assert set(result["filtered_accuracy"]) == {"low", "high"}
     assert (tmp_path / "map" / "heat_map.png").stat().st_size > 1000
+
+
+def test_the_style_command_draws_a_grid_and_rejects_bad_input_in_one_line(discussion_run, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    model = str(discussion_run.folder("train-robust@0") / "model")
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(content)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(style)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for flags, message in ((("--layers", "relu4_2"), "unknown style layer 'relu4_2'; choose from trunk.2, trunk.6"),
+                           (("--content-layer", "head"), "unknown style layer 'head'"),
+                           (("--style", str(tmp_path / "broken.png")), "cannot read the image"),
+                           (("--steps", "0"), "--steps"), (("--data", "x"), "--content FILE or as --data")):
+        code, _, err = run_cli("style", model, "--content", str(content), "--out", str(tmp_path / "bad"), *flags)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (flags, err)
+    code, _, err = run_cli("style", model, "--content", str(content), "--style", str(style), "--steps", "3",
+                           "--layers", "trunk.2,activation", "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "out" / "style.json").read_text())
+    assert record["columns"] == ["trunk.2", "activation", "all layers"] and record["content_layer"] == "trunk.2"
+    assert (tmp_path / "out" / "style_transfer.png").stat().st_size > 1000
+    with np.load(tmp_path / "out" / "style.npz") as pictures:
+        assert pictures["model|all layers"].shape == (1, 3, 24, 20) and pictures["style"].shape == (1, 3, 24, 20)
+    assert not (tmp_path / "bad").exists()

@@ -187,6 +187,10 @@ def test_the_distill_extra_adds_its_stages_claims_and_section(reduced_run):
     assert len(goh["parts"]) == 2 and all(p["interval"] is not None for p in goh["parts"])
     text = (out / "report.md").read_text()
     assert "## The Distill discussion" in text and "non-transferable D_det" in text
+    # Style transfer: shown (the first seed's grid, found through the stage records), not judged.
+    assert "### Style transfer (Nakano" in text and "not judged |" in text
+    assert report["figures"]["style_transfer"] == "figures/style_transfer.png"
+    assert (out / "figures" / "style_transfer.png").stat().st_size > 1000
 
 
 def test_dry_run_estimate_is_within_a_factor_of_two_of_the_real_stage_times(reduced_run):

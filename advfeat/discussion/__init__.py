@@ -5,6 +5,7 @@
     fourier.py      Gilmer & Hendrycks (response 1): Fourier-basis noise, filtered training, fog
     eigenfeatures.py Goh (response 3): useful non-robust linear features of truck vs frog
     layer_robustness.py the authors' reply to Nakano (response 4): R(f) per layer
+    style_transfer.py Nakano (response 4): style transfer with each network, per layer (shown, not judged)
     common.py       training on tensors (advfeat.training), judging a claim with the comment's number
 
 Each module has pure functions (the measurement), a stage body `*_stage(...) -> run(ctx) -> dict`

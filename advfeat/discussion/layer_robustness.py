@@ -13,7 +13,7 @@ The max is found by L2 PGD (advfeat.attacks.pgd) on the feature distance, from a
 on the eps-sphere (the distance's gradient is undefined at x' = x1), so the numerator is a lower
 bound of the true max. Layers: the outputs of the model's ReLU modules and of its final
 activation (`layer_names`), named by their module paths. x2 is x1 shifted by one image (the
-pairs (x_i, x_{i+1})). Style transfer is not built.
+pairs (x_i, x_{i+1})). Style transfer with the same networks: style_transfer.py.
 """
 
 from __future__ import annotations

@@ -37,13 +37,23 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     numbers = collect(results)
     results = results | {"theory": numbers.theory}
     paths = draw_figures(out / "figures", numbers, samples, results["preset"]["claim_eps"],
-                         results.get("theory_dir"), paper_eps_of(results["preset"]))
+                         results.get("theory_dir"), paper_eps_of(results["preset"]), style_folder(out, results))
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
     report = report_json(results, numbers, figures)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(results, numbers, figures))
     write_json(out / "report.json", report)
     return report
+
+
+def style_folder(out: Path, results: dict) -> str | None:
+    """The first seed's style-transfer stage folder (its pictures make the report's grid), found
+    from the stages' records as the pipeline names folders: stages/<id>-<key>; None if it did not run."""
+    first = f"style-transfer@{results['seeds'][0]}" if results.get("seeds") else None
+    for record in results["stages"]:
+        if record.get("id") == first:
+            return str(out / "stages" / f"{record['id']}-{record['key']}")
+    return None
 
 
 def report_json(results: dict, numbers: Numbers, figures: dict[str, str]) -> dict:

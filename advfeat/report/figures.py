@@ -22,9 +22,10 @@ THEORY_FIGURES = ("gaussian_contours.png", "gaussian_alignment.png")
 
 
 def draw_figures(figures_dir: Path, numbers: Numbers, samples: dict, claim_eps: float,
-                 theory_dir: str | None, paper_eps: float = 0.25) -> dict[str, Path]:
+                 theory_dir: str | None, paper_eps: float = 0.25, style_dir: str | None = None) -> dict[str, Path]:
     """Every figure into figures_dir: {name: path}, the theory figures included when
-    theory_dir holds them. Robust accuracy is drawn at paper_eps (and claim_eps)."""
+    theory_dir holds them, and the style-transfer grid when style_dir (a style-transfer stage's
+    folder) holds its pictures. Robust accuracy is drawn at paper_eps (and claim_eps)."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = {"inversion": figures_dir / "inversion.png", "targeted": figures_dir / "targeted.png",
              "bars": figures_dir / "figure2b.png", "transfer": figures_dir / "figure3.png"}
@@ -34,6 +35,13 @@ def draw_figures(figures_dir: Path, numbers: Numbers, samples: dict, claim_eps: 
     draw_transfer(numbers.figure3, numbers.correlation, paths["transfer"], numbers.nontransferable)
     if numbers.distill:
         paths |= draw_discussion_figures(figures_dir, numbers.distill.get("discussion", {}))
+        pictures = Path(style_dir or "") / "style.npz"
+        if style_dir and pictures.is_file():
+            from advfeat.discussion.style_transfer import load_pictures
+
+            paths["style_transfer"] = figures_dir / "style_transfer.png"
+            draw_style_grid(load_pictures(pictures), paths["style_transfer"],
+                            numbers.distill.get("discussion", {}).get("layer_ratios"))
     return paths | copy_theory_figures(theory_dir, figures_dir)
 
 
@@ -226,4 +234,30 @@ def draw_transfer(points: list[dict], correlation: dict | None, path: Path,
     ax.set_xlabel("Test accuracy (%; trained on D_{y+1})")
     ax.set_ylabel("Transfer success rate (%)")
     ax.legend(fontsize=7)
+    _save(plt, fig, path)
+
+
+def draw_style_grid(pictures: dict, path: Path, ratios: dict | None = None) -> None:
+    """Nakano's grid: per network and content image a row (the content image, the style image,
+    one picture per style layer alone, one with all of them); a column titled with the layer and,
+    where measured, its R(f). pictures: load_pictures' {"content", "style", "<net>|<column>"}."""
+    from advfeat.discussion.style_transfer import MULTI
+
+    plt = pyplot()
+    nets = list(dict.fromkeys(k.split("|")[0] for k in pictures if "|" in k))
+    columns = {net: [k.split("|")[1] for k in pictures if k.startswith(f"{net}|")] for net in nets}
+    n_content, width = len(pictures["content"]), 2 + max(len(c) for c in columns.values())
+    fig, axes = plt.subplots(len(nets) * n_content, width, figsize=(1.25 * width, 1.35 * len(nets) * n_content),
+                             squeeze=False)
+    for i, net in enumerate(nets):
+        for j in range(n_content):
+            row = axes[i * n_content + j]
+            _show(row[0], pictures["content"][j], f"{net}: content" if j == 0 else None)
+            _show(row[1], pictures["style"][0], "style" if j == 0 else None)
+            for k, column in enumerate(columns[net]):
+                r = (ratios or {}).get(net, {}).get(column)
+                title = (column if column == MULTI else f"{column} alone") + ("" if r is None else f"\nR={r:.2f}")
+                _show(row[2 + k], pictures[f"{net}|{column}"][j], title if j == 0 else None)
+            for ax in row[2 + len(columns[net]):]:
+                ax.axis("off")
     _save(plt, fig, path)

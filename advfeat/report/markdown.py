@@ -381,21 +381,28 @@ def distill_section(distill: dict, figures: dict[str, str] | None = None,
             "The comments on the paper tested its claims; each experiment here states its claim, the number from the "
             "Distill article as a reference (its setting differs: see the reference column), and ours with its "
             "interval (over seeds with two or more, else over test images), judged by the same rule as the main "
-            "claims. D_R from noise is judged with the main claims (above). Style transfer (Nakano) is not built.", "",
-            *comments_table(distill["claims"]), "", *discussion_rules(distill["claims"]), "",
+            "claims. D_R from noise is judged with the main claims (above). Style transfer (Nakano) is shown, not "
+            "judged (below).", "",
+            *comments_table(distill["claims"], "style" in distill.get("discussion", {})), "",
+            *discussion_rules(distill["claims"]), "",
             *_discussion_lines(distill.get("discussion", {})), "",
+            *style_lines(distill.get("discussion", {}).get("style"), figures.get("style_transfer")),
             *_probe_lines(distill), "", *_nontransferable_lines(distill, eps_list),
             *[line for key, title in DISCUSSION_FIGURES if key in figures
               for line in ("", f"![{title}]({figures[key]})")]]
 
 
-def comments_table(claims: list[dict]) -> list[str]:
-    """Which Distill comment each experiment answers, and its verdict (the README's table)."""
+def comments_table(claims: list[dict], style_shown: bool = False) -> list[str]:
+    """Which Distill comment each experiment answers, and its verdict (the README's table);
+    with style_shown, Nakano's style transfer too, shown and not judged."""
     lines = ["| Distill comment | experiment | claim | verdict |", "|---|---|---|---|"]
     order = {claim_id: i for i, claim_id in enumerate(COMMENTS)}
     for c in sorted(claims, key=lambda c: order.get(c["id"], len(order))):
         comment, experiment = COMMENTS.get(c["id"], ("", c["id"]))
         lines.append(f"| {comment} | {experiment} | {c['statement']} | **{c['verdict']}** |")
+        if c["id"] == "layer-robustness" and style_shown:
+            lines.append("| 4. Nakano | style transfer with each network | a robust network transfers style far "
+                         "better than a standard one | qualitative: pictures, not judged |")
     return lines
 
 
@@ -455,6 +462,30 @@ def _discussion_lines(d: dict) -> list[str]:
         lines.append("R(f): " + "; ".join(f"{m} " + ", ".join(f"{layer} {r:.3f}" for layer, r in rows.items())
                                           for m, rows in d["layer_ratios"].items()) + ".")
     return [f"- {line}" for line in lines]
+
+
+def style_lines(style: dict | None, figure: str | None) -> list[str]:
+    """Nakano's style transfer: qualitative (no rule judges it), its pictures and, per network,
+    how far each picture's style loss fell on its own network and under the others."""
+    if not style:
+        return []
+    nets = list(style["models"])
+    lines = ["### Style transfer (Nakano, response 4): qualitative, not judged", "",
+             "Gatys et al.'s style transfer (L-BFGS from the content image) with each network: one picture per style "
+             "layer alone and one with all of them (advfeat/discussion/style_transfer.py states every deviation from "
+             "Nakano's setting: 32x32 CIFAR-10 images, small networks, a procedural style texture). Nakano found a "
+             "robust ResNet-50 far better for style transfer than a standard one; the authors found single-layer "
+             "style transfer working where the layer is robust (R(f) above, printed over the grid's columns). No rule "
+             "was fixed for these pictures, so they carry no verdict. The numbers: a picture's style loss as a share "
+             f"of the content image's (1: no closer to the style; 0: matched), mean over {style['seeds']} seed(s); "
+             "'under' another network: the same share measured with that network's style layers.", "",
+             f"| network | style layers (content layer) | own style-loss share, per column | multi-layer picture's "
+             f"share under {', '.join(nets)} |", "|---|---|---|---|"]
+    for net, m in style["models"].items():
+        own = ", ".join(f"{c} {v['style_share']:.2f}" for c, v in m["columns"].items())
+        cross = ", ".join(f"{m['cross'][j]:.2f}" for j in nets)
+        lines.append(f"| {net} | {', '.join(m['style_layers'])} ({m['content_layer']}) | {own} | {cross} |")
+    return lines + ([""] + ([f"![style transfer (Nakano)]({figure})", ""] if figure else []))
 
 
 def _probe_lines(distill: dict) -> list[str]:

@@ -18,6 +18,7 @@ and the experiments of advfeat/discussion/ (`plan_discussion`, settings: preset.
     filtered@s, fog@s          ... training on filtered images; fog, standard vs robust
     eigenfeatures@s            Goh (response 3): useful non-robust eigenfeatures of truck vs frog
     layer-robustness@s         the authors' reply to Nakano (response 4): R(f) per layer
+    style-transfer@s           Nakano (response 4): style transfer with each network (a grid)
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from advfeat.data.arrays import Split
 from advfeat.data.synthesized import store_images, write_dataset_card, write_shard
 from advfeat.data.tensor_loader import to_unit_float
 from advfeat.linear_probes import certified_stable, fit_goh_linear_model, fit_linear_probe, probe_accuracy
-from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, wrong_labels
-from advfeat.discussion.settings import available_layers
+from advfeat.discussion import eigenfeatures, fourier, layer_robustness, squares, style_transfer, wrong_labels
+from advfeat.discussion.settings import available_layers, feature_map_layers
 from advfeat.reproduce.pipeline import Stage, Work
 from advfeat.reproduce.planner import Planner, SeedStages
 from advfeat.reproduce.stages import DATASET, MODEL, Sources
@@ -213,10 +214,10 @@ def _wrong_labels_work(s: wrong_labels.WrongLabelsSettings) -> Work:
 
 def _squares_seconds(s: squares.SquaresSettings) -> float:
     """The random-feature net's matrix products (hidden features of training and attacked test
-    images), at about 2 GFLOP/s: measured on a loaded 2-core CPU (cpu preset: 23 s); a GPU is far
-    faster (an over-estimate there)."""
+    images), at about 20 GFLOP/s: the cpu preset's stage took 1-2 s alone on a 2-core CPU (23 s
+    while another job loaded it); a GPU is far faster (an over-estimate there)."""
     d = 3 * 32 * 32
-    return 5e-10 * (s.n_train + 2 * s.n_test * (s.attack_steps + 2)) * d * s.width + 2.0
+    return 5e-11 * (s.n_train + 2 * s.n_test * (s.attack_steps + 2)) * d * s.width + 2.0
 
 
 def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
@@ -266,3 +267,13 @@ def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
     planner.add(Stage("layer-robustness", seed, {"settings": asdict(s)} | data, tuple(layer_models.values()),
                       layer_robustness.layer_robustness_stage(s, layer_models, sources, seed, device),
                       Work("attack", preset.arch, steps, s.batch_size)))
+    # Nakano's style transfer with the same networks (not for an architecture without feature maps).
+    if feature_map_layers(preset.arch):
+        st = d.style
+        pictures = len(layer_models) * (st.max_layers + 1) * st.contents
+        planner.add(Stage("style-transfer", seed, {"settings": asdict(st)} | data, tuple(layer_models.values()),
+                          style_transfer.style_transfer_stage(st, layer_models, sources, seed, device),
+                          # L-BFGS: about 1.25 forward-backward passes per iteration, fp32
+                          Work("attack", preset.arch, pictures * 1.25 * st.steps, st.contents)))
+    else:
+        log(f"advfeat: {preset.arch} has no feature-map layers: style transfer is left out")
