@@ -187,7 +187,9 @@ def test_sample_images_pairs_each_synthesized_image_with_its_original_and_skips_
 #
 # A whole report (collect -> render, report.json) from made-up stage results of every model,
 # the Distill extra included. CIFAR's is compared with tests/golden/, rendered before the
-# report learned the preset's paper_eps: CIFAR reports must not change by a byte.
+# report learned the preset's paper_eps: CIFAR reports must not change by a byte. (One change
+# on purpose since: the Distill section's sentence that style transfer is not built, dropped
+# when style transfer was built; it now speaks of style transfer only where it ran.)
 
 GOLDEN = Path(__file__).parent / "golden"
 ACCURACY = {"standard": (0.60, 0.10), "robust": (0.50, 0.43), "r": (0.45, 0.30), "nr": (0.49, 0.05),
@@ -299,3 +301,23 @@ def test_a_nine_class_report_at_eps_3_quotes_no_cifar_number(data_format, tmp_pa
         ([0.966, None, None, None, 0.879, 0.644] if rin else [None] * 6)
     draw_bars(collect(results).rows, tmp_path / "bars.png", 3.0, 3.0)
     assert (tmp_path / "bars.png").stat().st_size > 0
+    # The data's own class names and size, never CIFAR-10's.
+    classes = ("dog", "cat", "frog", "turtle", "bird", "monkey", "fish", "crab", "insect")
+    results = made_up_results(preset | {"subset": None}, num_classes=9)
+    results["data"] |= {"classes": list(classes), "train_images": 22000}
+    assert "all 22,000 training images drawn per seed" in whole_report(results)[0]
+
+
+def test_image_grids_name_the_data_s_classes(monkeypatch, tmp_path):
+    from advfeat.report import figures
+
+    titles = []
+    monkeypatch.setattr(figures, "_show", lambda ax, image, title=None: titles.append(title))
+    image = np.zeros((2, 3, 8, 8), np.float32)
+    samples = {kind: {"original": image, "synthesized": image, "start": image, "labels": np.array([8, 2])}
+               for kind in ("r", "nr", "rand", "det")}
+    nine = ("dog", "cat", "frog", "turtle", "bird", "monkey", "fish", "crab", "insect")
+    figures.draw_inversion_grid(samples, tmp_path / "i.png", nine)
+    figures.draw_targeted_grid(samples, tmp_path / "t.png", nine)
+    assert "x (insect)" in titles and "frog" in titles and "-> insect" in titles and "-> frog" in titles
+    assert not any(t and ("ship" in t or "bird" in t) for t in titles)  # CIFAR-10's classes 8 and 2

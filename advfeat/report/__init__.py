@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advfeat.data import CIFAR10_CLASSES
 from advfeat.data.synthesized import read_images_at
 from advfeat.io import atomic_path, write_json
 from advfeat.report.collect import Numbers, collect, paper_eps_of, slim_stage
@@ -37,7 +38,8 @@ def write_report(out: Path, results: dict, samples: dict) -> dict:
     numbers = collect(results)
     results = results | {"theory": numbers.theory}
     paths = draw_figures(out / "figures", numbers, samples, results["preset"]["claim_eps"],
-                         results.get("theory_dir"), paper_eps_of(results["preset"]), style_folder(out, results))
+                         results.get("theory_dir"), paper_eps_of(results["preset"]), style_folder(out, results),
+                         tuple(results["data"].get("classes") or CIFAR10_CLASSES))
     figures = {k: os.path.relpath(v, out) for k, v in paths.items()}
     report = report_json(results, numbers, figures)
     with atomic_path(out / "report.md") as tmp:

@@ -22,15 +22,17 @@ THEORY_FIGURES = ("gaussian_contours.png", "gaussian_alignment.png")
 
 
 def draw_figures(figures_dir: Path, numbers: Numbers, samples: dict, claim_eps: float,
-                 theory_dir: str | None, paper_eps: float = 0.25, style_dir: str | None = None) -> dict[str, Path]:
+                 theory_dir: str | None, paper_eps: float = 0.25, style_dir: str | None = None,
+                 classes: tuple[str, ...] = CIFAR10_CLASSES) -> dict[str, Path]:
     """Every figure into figures_dir: {name: path}, the theory figures included when
     theory_dir holds them, and the style-transfer grid when style_dir (a style-transfer stage's
-    folder) holds its pictures. Robust accuracy is drawn at paper_eps (and claim_eps)."""
+    folder) holds its pictures. Robust accuracy is drawn at paper_eps (and claim_eps); image
+    grids name the labels by `classes`."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = {"inversion": figures_dir / "inversion.png", "targeted": figures_dir / "targeted.png",
              "bars": figures_dir / "figure2b.png", "transfer": figures_dir / "figure3.png"}
-    draw_inversion_grid(samples, paths["inversion"])
-    draw_targeted_grid(samples, paths["targeted"])
+    draw_inversion_grid(samples, paths["inversion"], classes)
+    draw_targeted_grid(samples, paths["targeted"], classes)
     draw_bars(numbers.rows, paths["bars"], claim_eps, paper_eps)
     draw_transfer(numbers.figure3, numbers.correlation, paths["transfer"], numbers.nontransferable)
     if numbers.distill:
@@ -132,14 +134,14 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
-def draw_inversion_grid(samples: dict, path: Path) -> None:
+def draw_inversion_grid(samples: dict, path: Path, classes: tuple[str, ...] = CIFAR10_CLASSES) -> None:
     """Figure 2a / the journal-club picture: x, the start x0, its inversion by the standard
     model (D_NR) and by the robust model (D_R); up to 6 rows."""
     plt = pyplot()
     n = min(len(samples["r"]["original"]), len(samples["nr"]["original"]), 6)
     fig, axes = plt.subplots(n, 4, figsize=(4 * 1.2, n * 1.25), squeeze=False)
     for i in range(n):
-        label = CIFAR10_CLASSES[int(samples["r"]["labels"][i])]
+        label = classes[int(samples["r"]["labels"][i])]
         _show(axes[i, 0], samples["r"]["original"][i], f"x ({label})" if i == 0 else label)
         _show(axes[i, 1], samples["nr"]["start"][i], "start x0 (D_NR)" if i == 0 else None)
         _show(axes[i, 2], samples["nr"]["synthesized"][i], "D_NR: standard" if i == 0 else None)
@@ -147,7 +149,7 @@ def draw_inversion_grid(samples: dict, path: Path) -> None:
     _save(plt, fig, path)
 
 
-def draw_targeted_grid(samples: dict, path: Path) -> None:
+def draw_targeted_grid(samples: dict, path: Path, classes: tuple[str, ...] = CIFAR10_CLASSES) -> None:
     """D_rand and D_det samples: the original and its relabelled adversarial version."""
     plt = pyplot()
     n = min(len(samples["det"]["original"]), 6)
@@ -156,7 +158,7 @@ def draw_targeted_grid(samples: dict, path: Path) -> None:
         for i in range(n):
             s = samples[kind]
             _show(axes[row, 2 * i], s["original"][i], "x" if i == 0 else None)
-            _show(axes[row, 2 * i + 1], s["synthesized"][i], f"-> {CIFAR10_CLASSES[int(s['labels'][i])]}")
+            _show(axes[row, 2 * i + 1], s["synthesized"][i], f"-> {classes[int(s['labels'][i])]}")
         axes[row, 0].set_ylabel(f"D_{kind}", fontsize=8)
     _save(plt, fig, path)
 

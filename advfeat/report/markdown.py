@@ -89,10 +89,11 @@ def header(results: dict) -> list[str]:
     preset, data = results["preset"], results["data"]
     seeds = results.get("seeds") or list(range(preset["seeds"]))
     deviations = list(preset["deviations"]) + ([LOSSY_DEVIATION] if data.get("lossy") else [])
+    all_train = f"all {data.get('train_images', 50000):,}"  # older reports: CIFAR-10's 50,000
     return [f"# advfeat reproduction: preset `{preset['name']}`", "",
             f"{preset['description'][:1].upper()}{preset['description'][1:]}", "",
             f"Device: {results['device']} (synthesis workers: {results['gpus']}). Data: `{data['path']}` "
-            f"({data_form(data)}; digest {str(data['digest'])[:12]}), {preset['subset'] or 'all 50,000'} training "
+            f"({data_form(data)}; digest {str(data['digest'])[:12]}), {preset['subset'] or all_train} training "
             f"images drawn per seed; {test_images_text(results)}, shared by every seed. Model: {preset['arch']}. "
             f"Seeds: {', '.join(map(str, seeds))}. {time_text(results)}", "",
             "Where this run departs from the paper:", "",
@@ -381,8 +382,9 @@ def distill_section(distill: dict, figures: dict[str, str] | None = None,
             "The comments on the paper tested its claims; each experiment here states its claim, the number from the "
             "Distill article as a reference (its setting differs: see the reference column), and ours with its "
             "interval (over seeds with two or more, else over test images), judged by the same rule as the main "
-            "claims. D_R from noise is judged with the main claims (above). Style transfer (Nakano) is shown, not "
-            "judged (below).", "",
+            "claims. D_R from noise is judged with the main claims (above)."
+            + (" Style transfer (Nakano) is shown, not judged (below)." if "style" in distill.get("discussion", {})
+               else ""), "",
             *comments_table(distill["claims"], "style" in distill.get("discussion", {})), "",
             *discussion_rules(distill["claims"]), "",
             *_discussion_lines(distill.get("discussion", {})), "",

@@ -80,9 +80,11 @@ def reproduce(preset: Preset, data: str | None, out: Path | str, *, device: str 
     from advfeat.report import sample_images, write_report
 
     every_extra = list(dict.fromkeys(preset.extras + tuple(extras)))
+    full = load_dataset(sources.path)  # its class names and size, for the report
     results = {"preset": preset.to_dict() | {"extras": every_extra}, "extras": every_extra,
                "data": {"path": sources.path, "digest": pipeline.data_digest, "format": sources.source.get("format"),
-                        "lossy": sources.source.get("lossy")},
+                        "lossy": sources.source.get("lossy"), "classes": list(full.classes),
+                        "train_images": len(full.train)},
                "test_images": sources.test_images | {"seed": 0, "n": len(sources.test())},
                "seeds": preset.seed_list,
                "device": device_name(torch_device), "compute": pipeline.compute, "gpus": gpus, "stages": pipeline.records,
