@@ -577,7 +577,9 @@ def _add_import(sub) -> None:
                         "a RobustBench model by NAME, its weights already on disk")
     p.add_argument("file", metavar="FILE|NAME", help="the checkpoint file, e.g. cifar_l2_0_5.pt (read without running "
                                                       "code from it); for robustbench the model's name")
-    p.add_argument("--arch", choices=IMPORTABLE, help="its architecture (default: the one its keys fit)")
+    p.add_argument("--arch", choices=IMPORTABLE, help="its architecture (default: the one its keys fit); the "
+                                                      "library's ImageNet resnet18/resnet50 are resnet18_imagenet/"
+                                                      "resnet50_imagenet")
     p.add_argument("--out", required=True, help="the model folder to write")
     p.add_argument("--eps", type=float, help="the radius it was adversarially trained at, for its card (0: standard)")
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the norm of --eps (default: l2)")

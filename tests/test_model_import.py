@@ -1,10 +1,14 @@
 """The field's models: robustness-library checkpoints (import), any nn.Module (wrap).
 
-Checkpoints are built in the library's layout from advfeat models: the library's names are
-written out below from its source (robustness/cifar_models/*.py, attacker.py), independently
-of advfeat's renames; the library's modules hold their tensors in advfeat's order (checked
-once against the library itself), so advfeat's state dict, zipped with those names, is a
-library checkpoint whose logits are known.
+CIFAR checkpoints are built in the library's layout from advfeat models: the library's names
+are written out below from its source (robustness/cifar_models/*.py, attacker.py),
+independently of advfeat's renames; the library's modules hold their tensors in advfeat's
+order (checked once against the library itself), so advfeat's state dict, zipped with those
+names, is a library checkpoint whose logits are known.
+
+The ImageNet ResNets go the other way round: the library's imagenet_models/resnet.py is
+written out below as a module (LibraryImageNetResNet, from its source, independently of
+advfeat's resnet.py), whose own state dict and forward are the checkpoint and the oracle.
 """
 
 from __future__ import annotations
@@ -90,6 +94,106 @@ def inceptionv3_names():
         for conv in INCEPTION_BLOCK_CONVS[kind]:
             names += _conv_bn(f"Mixed_{block}.{conv}")
     return names + ["linear.weight", "linear.bias"]
+
+
+# --------------------------------------------------------------------------- the library's ImageNet ResNet
+
+
+class LibraryBasicBlock(torch.nn.Module):
+    """robustness/imagenet_models/resnet.py BasicBlock (groups 1, width 64, no dilation)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.conv2 = torch.nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class LibraryBottleneck(torch.nn.Module):
+    """robustness/imagenet_models/resnet.py Bottleneck: the stride on conv2, the 3x3."""
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.conv2 = torch.nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        self.conv3 = torch.nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = torch.nn.BatchNorm2d(planes * 4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class LibraryImageNetResNet(torch.nn.Module):
+    """robustness/imagenet_models/resnet.py ResNet: conv1 7x7/2, bn1, relu, maxpool 3x3/2,
+    layer1-4 (`downsample` = 1x1 conv + BN when the stride or the width changes), avgpool, fc.
+    forward(x) takes normalized images and returns (logits, pre_out) as with_latent=True."""
+
+    def __init__(self, block, layers, num_classes=1000):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = torch.nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(64)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.maxpool = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = torch.nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = torch.nn.Sequential(
+                torch.nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                torch.nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        pre_out = torch.flatten(self.avgpool(x), 1)
+        return self.fc(pre_out), pre_out
+
+
+LIBRARY_IMAGENET = {"resnet18": (LibraryBasicBlock, (2, 2, 2, 2)), "resnet50": (LibraryBottleneck, (3, 4, 6, 3))}
+
+
+def library_imagenet_resnet(name, num_classes, seed=0):
+    """The library's ImageNet resnet18/resnet50 with random weights and BN statistics, in eval mode."""
+    torch.manual_seed(seed)
+    block, depths = LIBRARY_IMAGENET[name]
+    net = LibraryImageNetResNet(block, depths, num_classes)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    return net.eval()
 
 
 LIBRARY_NAMES = {"resnet18": lambda: resnet_names((2, 2, 2, 2), False),
@@ -395,6 +499,122 @@ def test_other_bad_files_are_one_line(tmp_path, capsys):
         assert words in err and len(err.strip().splitlines()) == 1
     assert main(["import", "robustness", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "m"), "--eps", "-1"]) == 2
     assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------- import: the ImageNet ResNets
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # robustness/datasets.py
+RESTRICTED_MEAN, RESTRICTED_STD = (0.4717, 0.4499, 0.3837), (0.2600, 0.2516, 0.2575)
+
+
+def imagenet_images(n=2, seed=1):
+    """64x64: the ImageNet ResNets take any size (registry: padded convs and pools only); 224 is slow here."""
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def library_forward(net, x, mean, std):
+    """AttackerModel's forward: the normalizer (clamp to [0, 1], standardize), then the net's (logits, pre_out)."""
+    h = (x.clamp(0, 1) - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return net(h)
+
+
+@pytest.fixture(scope="module")
+def imagenet_resnet18(tmp_path_factory):
+    """(the library's ImageNet resnet18 with a 9-class head, its Restricted ImageNet checkpoint)."""
+    net = library_imagenet_resnet("resnet18", 9)
+    path = tmp_path_factory.mktemp("robustness_imagenet") / "restricted_imagenet_l2_3_0.pt"
+    return net, save(attacker_checkpoint(net.state_dict(), RESTRICTED_MEAN, RESTRICTED_STD), path, legacy=False)
+
+
+def test_the_library_s_imagenet_resnet_written_here_is_torchvision_s():
+    """The oracle's transcription checked: the library's ImageNet ResNet is torchvision's, same
+    names, shapes and forward."""
+    torchvision = pytest.importorskip("torchvision")
+    net = library_imagenet_resnet("resnet18", 9)
+    reference = torchvision.models.resnet18(num_classes=9).eval()
+    reference.load_state_dict(net.state_dict())  # strict: the same names and shapes
+    x = imagenet_images()
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], reference(x))
+
+
+@pytest.mark.parametrize("num_classes, mean, std, arch_flag", [
+    (9, RESTRICTED_MEAN, RESTRICTED_STD, ["--arch", "resnet18_imagenet"]),
+    (1000, IMAGENET_MEAN, IMAGENET_STD, []),
+], ids=["restricted-imagenet", "imagenet-guessed"])
+def test_import_imagenet_resnet18_gives_the_library_s_logits(imagenet_resnet18, num_classes, mean, std, arch_flag,
+                                                             tmp_path, capsys):
+    if num_classes == 9:
+        net, path = imagenet_resnet18
+    else:
+        net = library_imagenet_resnet("resnet18", num_classes, seed=1)
+        path = save(attacker_checkpoint(net.state_dict(), mean, std), tmp_path / "imagenet.pt", legacy=True)
+    assert main(["import", "robustness", str(path), *arch_flag, "--out", str(tmp_path / "m"), "--eps", "3"]) == 0
+    assert f"imported resnet18_imagenet ({num_classes} classes" in capsys.readouterr().out
+    model, card = load_model(tmp_path / "m")
+    x = imagenet_images()
+    with torch.no_grad():
+        logits, features = model(x, return_features=True)
+        library_logits, pre_out = library_forward(net, x, mean, std)
+    assert logits.shape == (2, num_classes)
+    assert torch.equal(logits, library_logits) and torch.equal(features, pre_out)
+    assert card["arch"] == "resnet18_imagenet" and card["num_classes"] == num_classes and card["feature_dim"] == 512
+    norm = card["normalization"]
+    assert norm["mean"] == pytest.approx(mean) and norm["std"] == pytest.approx(std) and not norm["matches_cifar10"]
+    assert norm["from"] == "the checkpoint's normalizer"
+
+
+def test_import_imagenet_resnet50_puts_every_tensor_in_its_place(tmp_path):
+    """ResNet-50 without a forward pass (slow on 2 cores): the strict load takes every key,
+    and each of the library's tensors lands where advfeat's net registers the same layer (the
+    two nets register their layers in the same order). A bare state dict, as torchvision's
+    own files: ImageNet's normalization is assumed for 1000 classes."""
+    net = library_imagenet_resnet("resnet50", 1000)
+    path = save(net.state_dict(), tmp_path / "resnet50.pt", legacy=False)
+    model, card = load_model(path)
+    ours, theirs = model.state_dict(), net.state_dict()
+    assert len(ours) == len(theirs) == 320
+    assert all(torch.equal(a, b) for a, b in zip(ours.values(), theirs.values()))
+    assert card["arch"] == "resnet50_imagenet" and card["num_classes"] == 1000 and card["feature_dim"] == 2048
+    assert card["normalization"]["mean"] == list(IMAGENET_MEAN)
+    assert card["normalization"]["from"] == "absent in the file; ImageNet's (1000 classes) assumed"
+
+
+def test_a_missing_normalizer_is_assumed_from_the_architecture_and_classes():
+    from pathlib import Path
+
+    from advfeat.models.robustness_import import _normalization
+
+    where = Path("f.pt")
+    assert _normalization(None, where, "resnet18_imagenet", 9)["mean"] == list(RESTRICTED_MEAN)
+    assert _normalization(None, where, "resnet50_imagenet", 1000)["std"] == list(IMAGENET_STD)
+    assert _normalization(None, where, "resnet50", 10)["matches_cifar10"]
+
+
+def test_a_cifar_checkpoint_named_imagenet_names_the_arch_it_fits(resnet18_files, imagenet_resnet18, tmp_path,
+                                                                  capsys):
+    _, imagenet_path = imagenet_resnet18
+    for path, arch, right, stem in ((resnet18_files[False], "resnet18_imagenet", "resnet18", "3x3"),
+                                    (imagenet_path, "resnet18", "resnet18_imagenet", "7x7"),
+                                    (imagenet_path, "resnet50_imagenet", "resnet18_imagenet", "7x7")):
+        code = main(["import", "robustness", str(path), "--arch", arch, "--out", str(tmp_path / "m")])
+        err = capsys.readouterr().err
+        assert code == 2 and not (tmp_path / "m").exists()
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert f"does not fit {arch}" in err and f"({stem} stem conv)" in err and err.strip().endswith(f"--arch {right}")
+
+
+def test_an_imagenet_resnet_advfeat_lacks_is_told_as_one(tmp_path):
+    """The library's ImageNet resnet34 (keys only: built on the meta device): no fit, and the
+    message says what its stem says it is."""
+    from pathlib import Path
+
+    from advfeat.models.robustness_import import guess_arch
+
+    with torch.device("meta"):
+        state = LibraryImageNetResNet(LibraryBasicBlock, (3, 4, 6, 3)).state_dict()
+    with pytest.raises(UserError, match=r"fit none .* ImageNet ResNet \(7x7 stem conv\)"):
+        guess_arch(state, Path("resnet34.pt"))
 
 
 # --------------------------------------------------------------------------- any nn.Module

@@ -1,14 +1,17 @@
-"""Import the robustness library's CIFAR checkpoints (MadryLab/robustness, the paper's code).
+"""Import the robustness library's checkpoints (MadryLab/robustness, the paper's code): its CIFAR
+models, and its ImageNet / Restricted ImageNet ResNet-18 and ResNet-50.
 
 The library saves `torch.save({'model', 'optimizer', 'schedule', 'epoch', ...}, pickle_module=dill)`
 where 'model' is the state dict of an `AttackerModel` (robustness/attacker.py), usually
 wrapped in DataParallel:
     module.normalizer.new_mean / new_std     (3, 1, 1): the dataset's mean and std
-    module.model.<classifier keys>           the classifier (robustness/cifar_models/*.py)
+    module.model.<classifier keys>           the classifier (robustness/cifar_models/*.py, or
+                                             robustness/imagenet_models/resnet.py for ImageNet)
     module.attacker.normalize.*, module.attacker.model.*   the same tensors again
 Importing (1) reads the file with the restricted unpickler (safe_pickle.py: no code from it
 runs), (2) keeps `model.*`, drops the attacker copies and reads the normalizer, (3) renames
-the classifier's keys to advfeat's architecture of the same name, (4) loads them strictly and
+the classifier's keys to advfeat's architecture of the same name (the library's ImageNet
+resnetN: advfeat's resnetN_imagenet), (4) loads them strictly and
 (5) writes an advfeat model folder whose card records the source's sha256.
 
 Renaming, per architecture (the library's modules and advfeat's hold the same tensors in
@@ -23,8 +26,25 @@ the same order; only names differ, except):
   float rounding (convolutions sum the channels in another order); the 1024-d features are
   the library's, in advfeat's channel order.
 - resnet18/resnet50, inceptionv3: pure renames: the weights are the library's, bit for bit.
+- resnet18_imagenet/resnet50_imagenet <- the library's imagenet_models resnet18/resnet50
+  (torchvision's ResNet: conv1 7x7 stride 2 + bn1 + max-pool 3x3 stride 2, layerL.i blocks
+  whose projection shortcut is `downsample.{0,1}` (1x1 conv stride s, BN) under the same
+  condition as advfeat's (stride != 1 or channels change), the stride on the 3x3 conv
+  (Bottleneck's conv2), `fc` the head). advfeat's resnet*_imagenet have the same layers in
+  the same order with the same shapes: pure renames, as for the CIFAR ResNets, with the blocks
+  one trunk index later (the max-pool) and downsample/fc for shortcut/linear; the library's
+  layer4(fake_relu=True) is advfeat's FinalActivation, as for CIFAR. The class count
+  is the file's (fc's rows: 1000 for ImageNet, 9 for Restricted ImageNet). The library's other
+  ImageNet ResNets (resnet34/101/152, wide and ResNeXt variants) have no advfeat counterpart:
+  refused by the strict load. A file without a normalizer gets ImageNet's constants if it has
+  1000 classes, else Restricted ImageNet's (advfeat's default for these architectures).
 Checked against the library's own cifar_models (resnet18/50, vgg16, densenet121, inceptionv3,
 random weights, zip and legacy files): logits within 6e-8 of its forward (inceptionv3: equal).
+The ImageNet ResNets are checked against the library's imagenet_models/resnet.py written out
+from its source in tests/test_model_import.py (itself checked against torchvision's): resnet18
+identical logits and features (random weights, 64x64 inputs, 9 and 1000 classes); resnet50 by
+its keys (strict load, each tensor in its place; no forward pass, slow on 2 cores). No
+released ImageNet checkpoint was available offline, only files built in the library's layout.
 The library's normalizer also clamps inputs to [0, 1]; advfeat's inputs are always in [0, 1].
 """
 
@@ -33,6 +53,7 @@ from __future__ import annotations
 import datetime
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -41,10 +62,28 @@ from advfeat.errors import UserError
 from advfeat.io import file_sha256
 from advfeat.models.classifier import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from advfeat.models.registry import create_model
+from advfeat.models.resnet import RESTRICTED_IMAGENET_MEAN, RESTRICTED_IMAGENET_STD
 from advfeat.models.safe_pickle import read_torch_pickle
 
-IMPORTABLE = ("resnet18", "resnet50", "vgg16", "densenet121", "inceptionv3")  # the library's names = advfeat's
-RESNET_DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
+# advfeat's names; the CIFAR ones are the library's too, X_imagenet is its imagenet_models' X.
+IMPORTABLE = ("resnet18", "resnet50", "vgg16", "densenet121", "inceptionv3", "resnet18_imagenet", "resnet50_imagenet")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # robustness/datasets.py ImageNet
+
+
+class ResNetLayout(NamedTuple):
+    """Where the library's ResNet keeps what advfeat's resnet() / imagenet_resnet() keep in trunk."""
+    depths: tuple[int, ...]
+    first_block: int  # the first block's index in advfeat's trunk (after the stem's modules)
+    shortcut: str  # the library's name for a block's projection (conv, BN)
+    head: str
+
+
+RESNET_LAYOUTS = {
+    "resnet18": ResNetLayout((2, 2, 2, 2), 2, "shortcut", "linear"),  # stem: conv_bn, ReLU
+    "resnet50": ResNetLayout((3, 4, 6, 3), 2, "shortcut", "linear"),
+    "resnet18_imagenet": ResNetLayout((2, 2, 2, 2), 3, "downsample", "fc"),  # stem: conv_bn, ReLU, max-pool
+    "resnet50_imagenet": ResNetLayout((3, 4, 6, 3), 3, "downsample", "fc"),
+}
 DENSENET_BLOCKS, DENSENET_GROWTH = (6, 12, 24, 16), 32
 INCEPTION_STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3")
 INCEPTION_BLOCKS = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
@@ -102,21 +141,21 @@ def library_state(checkpoint, where: Path) -> tuple[dict[str, torch.Tensor], dic
 # --------------------------------------------------------------------------- renames, one per family
 
 
-def _resnet_name(key: str, depths: tuple[int, ...]) -> str:
-    """conv1/bn1 -> trunk.0.{0,1}; layerL.i.{convK,bnK,shortcut.j} -> trunk.b...; linear -> head."""
+def _resnet_name(key: str, layout: ResNetLayout) -> str:
+    """conv1/bn1 -> trunk.0.{0,1}; layerL.i.{convK,bnK,<shortcut>.j} -> trunk.b...; <head> -> head."""
     if m := re.fullmatch(r"(conv1|bn1)\.(\w+)", key):
         return f"trunk.0.{int(m[1] == 'bn1')}.{m[2]}"
     if m := re.fullmatch(r"layer([1-4])\.(\d+)\.(.+)", key):
-        stage, i, rest = int(m[1]) - 1, int(m[2]), m[3]
+        stage, i, rest, depths = int(m[1]) - 1, int(m[2]), m[3], layout.depths
         if i >= depths[stage]:
             return key
-        block = 2 + sum(depths[:stage]) + i  # after the stem's conv_bn and ReLU
+        block = layout.first_block + sum(depths[:stage]) + i
         if r := re.fullmatch(r"(conv|bn)([1-3])\.(\w+)", rest):
             return f"trunk.{block}.residual.{2 * (int(r[2]) - 1)}.{int(r[1] == 'bn')}.{r[3]}"
-        if r := re.fullmatch(r"shortcut\.([01])\.(\w+)", rest):
-            return f"trunk.{block}.shortcut.{r[1]}.{r[2]}"
-    if m := re.fullmatch(r"linear\.(\w+)", key):
-        return f"head.{m[1]}"
+        if (r := re.fullmatch(r"(\w+)\.([01])\.(\w+)", rest)) and r[1] == layout.shortcut:
+            return f"trunk.{block}.shortcut.{r[2]}.{r[3]}"
+    if m := re.fullmatch(r"(\w+)\.(weight|bias)", key):
+        return f"head.{m[2]}" if m[1] == layout.head else key
     return key
 
 
@@ -170,8 +209,8 @@ def _inception_name(key: str) -> str:
 
 
 def _renamer(arch: str):
-    if arch in RESNET_DEPTHS:
-        return lambda key: _resnet_name(key, RESNET_DEPTHS[arch])
+    if arch in RESNET_LAYOUTS:
+        return lambda key: _resnet_name(key, RESNET_LAYOUTS[arch])
     if arch == "densenet121":
         positions = _densenet_positions()
         return lambda key: _densenet_name(key, positions)
@@ -262,11 +301,21 @@ def check_fit(model: Classifier, state: dict[str, torch.Tensor], origin: dict[st
     return state
 
 
-def _normalization(found: dict | None, where: Path) -> dict:
-    """The card's record of the input normalization (advfeat's CIFAR-10 constants unless the file differs)."""
+def _assumed_normalization(arch: str, num_classes: int) -> tuple[tuple, tuple, str]:
+    """(mean, std, name) for a file without a normalizer: the dataset its architecture and head suggest."""
+    if not arch.endswith("_imagenet"):
+        return CIFAR10_MEAN, CIFAR10_STD, "CIFAR-10's"
+    if num_classes == 1000:
+        return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's (1000 classes)"
+    return RESTRICTED_IMAGENET_MEAN, RESTRICTED_IMAGENET_STD, f"Restricted ImageNet's ({num_classes} classes)"
+
+
+def _normalization(found: dict | None, where: Path, arch: str, num_classes: int) -> dict:
+    """The card's record of the input normalization: the file's, else the one its architecture suggests."""
     if found is None:
-        return {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD), "from": "absent in the file; CIFAR-10's assumed",
-                "matches_cifar10": True}
+        mean, std, name = _assumed_normalization(arch, num_classes)
+        return {"mean": list(mean), "std": list(std), "from": f"absent in the file; {name} assumed",
+                "matches_cifar10": mean == CIFAR10_MEAN and std == CIFAR10_STD}
     if len(found["mean"]) != 3 or len(found["std"]) != 3 or min(found["std"]) <= 0:
         raise UserError(f"{where}: normalizer mean {found['mean']} / std {found['std']} is not 3 channels of std > 0")
     matches = all(abs(a - b) < 1e-6 for a, b in zip(found["mean"] + found["std"], CIFAR10_MEAN + CIFAR10_STD))
@@ -274,20 +323,53 @@ def _normalization(found: dict | None, where: Path) -> dict:
             "matches_cifar10": matches}
 
 
-def guess_arch(state: dict[str, torch.Tensor], where: Path) -> str:
-    """The one importable architecture whose names fit the file's keys (models built on the
-    meta device: no memory, no initialization)."""
+def _stem_kernel(state: dict[str, torch.Tensor]) -> int | None:
+    """The kernel size of a library ResNet's stem conv (conv1): 7 in imagenet_models, 3 in cifar_models."""
+    weight = state.get("conv1.weight")
+    return weight.shape[-1] if isinstance(weight, torch.Tensor) and weight.dim() == 4 else None
+
+
+def _stem_kind(state: dict[str, torch.Tensor]) -> str:
+    """What the stem conv says the file is, for messages ('' when it says nothing)."""
+    kernel = _stem_kernel(state)
+    return {7: "an ImageNet ResNet (7x7 stem conv)", 3: "a CIFAR model (3x3 stem conv)"}.get(kernel, "")
+
+
+def fitting_archs(state: dict[str, torch.Tensor]) -> list[str]:
+    """The importable architectures whose names fit the file's keys (models built on the meta
+    device: no memory, no initialization); a ResNet's stem kernel must be its family's too
+    (7: ImageNet, 3: CIFAR), though in the library's files the names already tell them apart."""
     fits = []
     for arch in IMPORTABLE:
         rename, keys = _renamer(arch), fold_conv_biases(state) if arch == "vgg16" else state
         names = {rename(k) for k in keys if not k.endswith("num_batches_tracked")}
         with torch.device("meta"):
             expected = {k for k in create_model(arch).state_dict() if not k.endswith("num_batches_tracked")}
-        fits += [arch] if names == expected else []
+        stem_fits = arch not in RESNET_LAYOUTS or _stem_kernel(state) == (7 if arch.endswith("_imagenet") else 3)
+        fits += [arch] if names == expected and stem_fits else []
+    return fits
+
+
+def guess_arch(state: dict[str, torch.Tensor], where: Path) -> str:
+    """The one importable architecture that fits the file (fitting_archs), or one UserError."""
+    fits = fitting_archs(state)
     if len(fits) != 1:
+        kind = _stem_kind(state)
+        note = f"; it looks like {kind}" if kind else ""
         raise UserError(f"{where}: its keys fit {' and '.join(fits) or 'none'} of the importable architectures "
-                        f"({', '.join(IMPORTABLE)}); name one: advfeat import robustness {where} --arch NAME --out DIR")
+                        f"({', '.join(IMPORTABLE)}){note}; name one: advfeat import robustness {where} --arch NAME "
+                        f"--out DIR")
     return fits[0]
+
+
+def _wrong_arch_hint(state: dict[str, torch.Tensor], arch: str) -> str:
+    """For a file that does not fit the `arch` asked for: the architecture it does fit, if one does."""
+    fits = [a for a in fitting_archs(state) if a != arch]
+    if len(fits) != 1:
+        return ""
+    kind = _stem_kind(state)
+    return f"; it is {kind} and fits {fits[0]}: pass --arch {fits[0]}" if kind else \
+        f"; it fits {fits[0]}: pass --arch {fits[0]}"
 
 
 def load_robustness(path: Path | str, arch: str | None = None) -> tuple[Classifier, dict]:
@@ -303,18 +385,22 @@ def load_robustness(path: Path | str, arch: str | None = None) -> tuple[Classifi
     state, found = library_state(checkpoint, path)
     del checkpoint  # the optimizer's state is never needed (and, memory-mapped, never read)
     arch = arch or guess_arch(state, path)
-    state, origin = advfeat_state(arch, state)
+    library, (state, origin) = state, advfeat_state(arch, state)
+    # The file's class count (ImageNet 1000, Restricted ImageNet 9, CIFAR 10), from its head.
     num_classes = next((v.shape[0] for k, v in state.items() if k == "head.weight" and v.dim() == 2), 10)
     with torch.device("meta"):  # the expected names and shapes, without building the model twice
         skeleton = create_model(arch, num_classes)
-    state = check_fit(skeleton, state, origin, arch, path)
+    try:
+        state = check_fit(skeleton, state, origin, arch, path)
+    except UserError as error:  # still one line, now saying which --arch the file does fit
+        raise UserError(f"{error}{_wrong_arch_hint(library, arch)}") from None
     card = {
         "kind": "model", "advfeat_version": __version__, "arch": arch, "num_classes": num_classes,
         "feature_dim": skeleton.feature_dim,
         "source": "robustness",
         "source_file": {"name": path.name, "sha256": file_sha256(path),
                         "epoch": epoch if isinstance(epoch, int) else None},
-        "normalization": _normalization(found, path),
+        "normalization": _normalization(found, path, arch, num_classes),
         "torch_version": torch.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
