@@ -270,10 +270,15 @@ def plan_discussion(planner: Planner, seed: int, main: SeedStages) -> None:
     # Nakano's style transfer with the same networks (not for an architecture without feature maps).
     if feature_map_layers(preset.arch):
         st = d.style
-        pictures = len(layer_models) * (st.max_layers + 1) * st.contents
+        runs = sum(min(st.max_layers, len(feature_map_layers(preset.arch if name in models else name))) + 1
+                   for name in layer_models)  # one L-BFGS run per style layer, and one with all
+        pictures = runs * st.contents
         planner.add(Stage("style-transfer", seed, {"settings": asdict(st)} | data, tuple(layer_models.values()),
                           style_transfer.style_transfer_stage(st, layer_models, sources, seed, device),
-                          # L-BFGS: about 1.25 forward-backward passes per iteration, fp32
-                          Work("attack", preset.arch, pictures * 1.25 * st.steps, st.contents)))
+                          # L-BFGS: about 1.25 forward-backward passes per iteration, fp32, and about
+                          # 5 ms of overhead per iteration on a small batch (cpu preset, 2 cores: 6-9 s
+                          # a seed measured, 1.5 s estimated from the passes alone)
+                          Work("attack", preset.arch, pictures * 1.25 * st.steps, st.contents,
+                               fixed_seconds=0.005 * runs * st.steps)))
     else:
         log(f"advfeat: {preset.arch} has no feature-map layers: style transfer is left out")

@@ -48,7 +48,7 @@ def stage_seconds(work, rates: dict, overhead: float) -> float:
         return work.fixed_seconds
     arch = rates["archs"].get(work.arch, {})
     rate = arch.get("train_images_per_s" if work.what == "train" else "attack_image_steps_per_s")
-    return overhead + (work.passes / rate if rate else 0.0)
+    return overhead + work.fixed_seconds + (work.passes / rate if rate else 0.0)
 
 
 def estimate_plan(pipeline, preset, sources, device: torch.device, *, rates: dict | None = None,

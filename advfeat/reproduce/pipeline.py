@@ -70,7 +70,7 @@ class Work:
     arch: str | None = None
     passes: float = 0.0
     batch_size: int = 128
-    fixed_seconds: float = 0.0  # work no rate describes (the theory figures)
+    fixed_seconds: float = 0.0  # work no rate describes (the theory figures; per-step overheads), added
 
 
 @dataclass
