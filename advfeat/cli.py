@@ -483,7 +483,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--extra", action="append", choices=EXTRAS,
                    help="optional experiments: distill (the Distill discussion's: robust-feature leakage, "
                         "non-transferable examples, L-inf datasets, D_R from noise, Fourier noise, filtered "
-                        "training, fog, Goh's eigenfeatures, layer robustness, adversarial squares, wrong labels; "
+                        "training, fog, Goh's eigenfeatures, layer robustness, style transfer, adversarial squares, "
+                        "wrong labels; "
                         "docs/discussion.md); repeatable")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, which are done, their work and an estimated time; run nothing")
