@@ -326,14 +326,13 @@ def _style(args: argparse.Namespace) -> None:
     if card.get("arch") in model_names():  # a wrapped model's own module: its forward pass will tell
         check_input_size(card["arch"], tuple(content.shape))
     style = read_image(args.style, (height, width)) if args.style else wave_texture(height, width)
-    model.eval().requires_grad_(False)
     layers = tuple(x for x in (args.layers or "").split(",") if x)
     style_layers, content_layer = choose_layers(model, (height, width), layers, args.content_layer or "",
                                                 args.max_layers)
     content, style = content[None].to(device), style.to(device)
     grid = style_grid(model, content, style, settings, style_layers, content_layer)
     out.mkdir(parents=True, exist_ok=True)
-    pictures = {"content": content, "style": style[None]} | {f"model|{k}": v for k, v in grid.items()}
+    pictures = {"content": content, "style": style[None]} | {f"model|{k}": x for k, (x, _) in grid.items()}
     save_pictures(out / "style.npz", pictures)
     draw_style_grid(load_pictures(out / "style.npz"), out / "style_transfer.png")
     write_json(out / "style.json", {"model": str(args.model), "style": args.style or "wave_texture(seed 0)",

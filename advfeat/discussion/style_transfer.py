@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from advfeat.attacks import frozen
 from advfeat.checkpoint import load_model
 from advfeat.discussion.layer_robustness import layer_names
 from advfeat.errors import UserError
@@ -183,21 +184,16 @@ def stylize(loss: StyleLoss, content: torch.Tensor, settings: StyleSettings) -> 
 
 
 def style_grid(model: nn.Module, content: torch.Tensor, style: torch.Tensor, settings: StyleSettings,
-               style_layers: list[str], content_layer: str) -> dict[str, torch.Tensor]:
-    """One stylised batch per style layer alone and one with all of them ({column: images})."""
+               style_layers: list[str], content_layer: str) -> dict[str, tuple[torch.Tensor, StyleLoss]]:
+    """One stylised batch per style layer alone and one with all of them: {column: (images,
+    the loss they minimised)}. The model is frozen meanwhile (eval mode, no weight gradients)."""
     columns = {layer: [layer] for layer in style_layers} | ({MULTI: style_layers} if len(style_layers) > 1 else {})
     out = {}
-    with fp32_only():
+    with frozen(model), fp32_only():
         for column, layers in columns.items():
-            out[column] = stylize(StyleLoss(model, style, content, layers, content_layer), content, settings)
+            loss = StyleLoss(model, style, content, layers, content_layer)
+            out[column] = stylize(loss, content, settings), loss
     return out
-
-
-def _frozen(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def style_loss_share(loss: StyleLoss, x: torch.Tensor, content: torch.Tensor) -> np.ndarray:
@@ -219,28 +215,25 @@ def style_transfer_stage(settings: StyleSettings, model_stages: dict[str, str], 
         start = time.perf_counter()
         content = sources.test_tensors()[0][:settings.contents].float()
         style = wave_texture(*content.shape[-2:], seed=settings.texture_seed).to(content.device)
-        losses, pictures, result = {}, {}, {"settings": asdict(settings), "models": {}}
+        losses, finals, pictures, result = {}, {}, {}, {"settings": asdict(settings), "models": {}}
         for name, stage in model_stages.items():
-            model = _frozen(load_model(ctx.folder_of(stage) / "model", device)[0])
+            model = load_model(ctx.folder_of(stage) / "model", device)[0]  # in eval mode
             # settings' layers name the preset's architecture (standard, robust); another net: chosen
             named = (settings.style_layers, settings.content_layer) if name in ("standard", "robust") else ((), "")
             style_layers, content_layer = choose_layers(model, tuple(content.shape[-2:]), *named, settings.max_layers)
             grid = style_grid(model, content, style, settings, style_layers, content_layer)
-            losses[name] = StyleLoss(model, style, content, style_layers, content_layer)
             rows = {}
-            for column, x in grid.items():
+            for column, (x, loss) in grid.items():
                 with torch.no_grad(), fp32_only():
-                    layers = style_layers if column == MULTI else [column]
-                    own = StyleLoss(model, style, content, layers, content_layer)
-                    content_loss = own.terms(x)[1].mean()
-                rows[column] = {"style_share": float(style_loss_share(own, x, content).mean()),
+                    content_loss = loss.terms(x)[1].mean()
+                rows[column] = {"style_share": float(style_loss_share(loss, x, content).mean()),
                                 "content_loss": float(content_loss)}
                 pictures[f"{name}|{column}"] = x
+            # the multi-layer picture (the only one with one style layer) and its loss: all style layers
+            finals[name], losses[name] = grid[MULTI] if MULTI in grid else grid[style_layers[0]]
             result["models"][name] = {"style_layers": style_layers, "content_layer": content_layer, "columns": rows}
-        for name in model_stages:  # the multi-layer (or only) picture of each net, under every net
-            final = pictures[f"{name}|{MULTI}"] if f"{name}|{MULTI}" in pictures else \
-                pictures[f"{name}|{result['models'][name]['style_layers'][0]}"]
-            result["models"][name]["cross"] = {judge: float(style_loss_share(loss, final, content).mean())
+        for name in model_stages:  # each net's multi-layer picture, under every net
+            result["models"][name]["cross"] = {judge: float(style_loss_share(loss, finals[name], content).mean())
                                                for judge, loss in losses.items()}
         save_pictures(ctx.folder / "style.npz", {"content": content, "style": style[None]} | pictures)
         result["pictures"] = "style.npz"
