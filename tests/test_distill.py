@@ -257,7 +257,7 @@ def test_every_discussion_stage_runs_and_the_report_shows_each_experiment_with_a
     assert set(style) == {"standard", "robust"} and style["robust"]["content_layer"] == "trunk.6"
     for net, m in style.items():
         assert set(m["columns"]) == {"trunk.2", "trunk.6", "activation", "all layers"}
-        assert set(m["cross"]) == {"standard", "robust"} and m["cross"][net] == m["columns"]["all layers"]["style_share"]
+        assert set(m["cross"]) == {"standard", "robust"} and m["cross"][net]["estimate"] == m["columns"]["all layers"]["style_share"]["estimate"]
     assert "qualitative: pictures, not judged" in "\n".join(comments_table(summary["claims"], True))
     pictures = load_pictures(discussion_run.folder("style-transfer@0") / "style.npz")
     assert pictures["standard|all layers"].shape == pictures["content"].shape

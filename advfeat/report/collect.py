@@ -253,7 +253,7 @@ def discussion_summary(stage_results: dict) -> dict:
     """The discussion's judged claims (those whose stages ran) and what its figures draw:
     heat maps and layer ratios averaged over seeds, the first seed's eigenfeature scatter,
     squares' flip rates and fog's accuracies per seed; and style transfer's numbers (not
-    judged: its pictures are qualitative) averaged over seeds."""
+    judged: its pictures are qualitative) over seeds, with t intervals."""
     claims, stages = [], {}
     for name, judge_of in DISCUSSION_JUDGES.items():
         stages[name] = by_seed(stage_results, name)
@@ -275,13 +275,13 @@ def discussion_summary(stage_results: dict) -> dict:
         out["eigen_scatter"] = {k: first[k] for k in ("non_robustness", "test_usefulness", "chosen", "ensemble",
                                                       "containment")} | {"eps": first["settings"]["eps"]}
     style = by_seed(stage_results, "style-transfer")
-    if style:  # qualitative: no judge; the numbers beside the pictures, averaged over seeds
+    if style:  # qualitative: no judge; the numbers beside the pictures, over seeds (t intervals)
         runs = list(style.values())
         out["style"] = {"seeds": len(runs), "models": {
             net: {"style_layers": m["style_layers"], "content_layer": m["content_layer"],
-                  "columns": {c: {k: float(np.mean([r["models"][net]["columns"][c][k] for r in runs]))
+                  "columns": {c: {k: summarize([r["models"][net]["columns"][c][k] for r in runs])
                                   for k in ("style_share", "content_loss")} for c in m["columns"]},
-                  "cross": {j: float(np.mean([r["models"][net]["cross"][j] for r in runs])) for j in m["cross"]}}
+                  "cross": {j: summarize([r["models"][net]["cross"][j] for r in runs]) for j in m["cross"]}}
             for net, m in runs[0]["models"].items()}}
     if stages["squares"]:
         out["squares"] = {s: {m: r[m]["flip_rate"] for m in ("overfit", "early")} | {"linear_radius":

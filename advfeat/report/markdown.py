@@ -479,15 +479,22 @@ def style_lines(style: dict | None, figure: str | None) -> list[str]:
              "robust ResNet-50 far better for style transfer than a standard one; the authors found single-layer "
              "style transfer working where the layer is robust (R(f) above, printed over the grid's columns). No rule "
              "was fixed for these pictures, so they carry no verdict. The numbers: a picture's style loss as a share "
-             f"of the content image's (1: no closer to the style; 0: matched), mean over {style['seeds']} seed(s); "
-             "'under' another network: the same share measured with that network's style layers.", "",
+             f"of the content image's (1: no closer to the style; 0: matched), mean over {style['seeds']} seed(s) "
+             "with its 95% t interval (the same content images in every seed); 'under' another network: the same "
+             "share measured with that network's style layers.", "",
              f"| network | style layers (content layer) | own style-loss share, per column | multi-layer picture's "
              f"share under {', '.join(nets)} |", "|---|---|---|---|"]
     for net, m in style["models"].items():
-        own = ", ".join(f"{c} {v['style_share']:.2f}" for c, v in m["columns"].items())
-        cross = ", ".join(f"{m['cross'][j]:.2f}" for j in nets)
+        own = ", ".join(f"{c} {_share(v['style_share'])}" for c, v in m["columns"].items())
+        cross = ", ".join(_share(m["cross"][j]) for j in nets)
         lines.append(f"| {net} | {', '.join(m['style_layers'])} ({m['content_layer']}) | {own} | {cross} |")
     return lines + ([""] + ([f"![style transfer (Nakano)]({figure})", ""] if figure else []))
+
+
+def _share(interval: dict) -> str:
+    """A style-loss share with its interval (not a percentage: it may pass 1)."""
+    text = f"{interval['estimate']:.2f}"
+    return text + (f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval.get("low") is not None else "")
 
 
 def _probe_lines(distill: dict) -> list[str]:
