@@ -175,7 +175,7 @@ def test_same_dataset_for_any_worker_count_and_batch_size(standard_model, shared
 @pytest.mark.slow
 def test_kill_minus_9_then_rerun_resumes_and_gives_the_same_dataset(standard_model, shared_data, tmp_path):
     args = ["synth", "--kind", "det", "--model", str(standard_model), "--data", str(shared_data), "--subset", "600",
-            "--steps", "40", "--shard-size", "100", "--quiet"]
+            "--steps", "20", "--shard-size", "100", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "advfeat"]
     subprocess.run(cmd + args + ["--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)

@@ -67,7 +67,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(shared_data, tmp_
 
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_loses_nothing(shared_data, tmp_path):
-    args = ["train", "--data", str(shared_data), "--arch", "tiny", "--epochs", "4", "--subset", "3000",
+    args = ["train", "--data", str(shared_data), "--arch", "tiny", "--epochs", "4", "--subset", "2000",
             "--test-subset", "200", "--batch-size", "64", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "advfeat"]
